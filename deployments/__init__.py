@@ -1,0 +1,1 @@
+"""Prefect deployments: scheduled curation and ad hoc renders."""

@@ -1,0 +1,1 @@
+"""Prefect flows: curate, train, render, evaluate."""
