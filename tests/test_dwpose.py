@@ -357,7 +357,7 @@ def _expected_person(pixel, bias):
 
 def test_estimator_end_to_end_frame(estimator):
     poses = estimator(_frame())
-    assert poses.shape == (3, 134, 3) and poses.dtype == np.float32
+    assert poses.shape == (3, 134, 3) and poses.dtype == np.float64
     for person, pose in zip(PEOPLE, poses):
         expected = _expected_person(person["pixel"], _keypoint_bias())
         np.testing.assert_allclose(pose, expected, atol=1e-5)

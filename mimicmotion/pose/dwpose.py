@@ -304,7 +304,7 @@ def _check_frame(frame, index: int) -> np.ndarray:
 class DWPoseEstimator:
     """Whole-body poses of every person in RGB frames, in the 134-point layout (SPEC sections 1-2).
 
-    ``estimator(frame)`` -> (P, 134, 3) float32, x/y normalised by the frame size, NaN where no location.
+    ``estimator(frame)`` -> (P, 134, 3) float64, x/y normalised by the frame size, NaN where no location.
     Every frame yields at least one person: with no detection the whole frame is the box (release).
     """
 

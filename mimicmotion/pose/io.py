@@ -1,7 +1,8 @@
 """Pose files: one Parquet table per video, one row per (frame, person) with all 134 keypoints.
 
 Columns: ``frame`` (position in the sampled sequence), ``source_frame`` (index in the decoded video),
-``person``, and fixed-size lists ``x``, ``y``, ``score`` of 134 float32 each (NaN = no location).
+``person``, and fixed-size lists ``x``, ``y``, ``score`` of 134 float64 each (NaN = no location; float64
+because the release's keypoints are float64 and pose images depend on their last bits).
 Frames without a person have no row; the frame count and the source facts live in the file's
 key-value metadata under ``mimicmotion``, so empty frames are never lost.
 """
@@ -40,7 +41,7 @@ class PoseSequence:
 
 
 def _schema() -> pa.Schema:
-    pts = pa.list_(pa.float32(), NUM_POINTS)
+    pts = pa.list_(pa.float64(), NUM_POINTS)
     return pa.schema(
         [("frame", pa.int32()), ("source_frame", pa.int32()), ("person", pa.int16()),
          ("x", pts), ("y", pts), ("score", pts)]
@@ -53,16 +54,16 @@ def poses_to_table(seq: PoseSequence) -> pa.Table:
         raise ValueError("source_frames must have one entry per frame")
     rows_frame, rows_src, rows_person, kps = [], [], [], []
     for i, frame in enumerate(seq.frames):
-        arr = validate_frame(frame, f"frame {i}").astype(np.float32)
+        arr = validate_frame(frame, f"frame {i}").astype(np.float64)
         for p in range(arr.shape[0]):
             rows_frame.append(i)
             rows_src.append(int(src[i]))
             rows_person.append(p)
             kps.append(arr[p])
-    k = np.stack(kps) if kps else np.zeros((0, NUM_POINTS, 3), np.float32)
+    k = np.stack(kps) if kps else np.zeros((0, NUM_POINTS, 3), np.float64)
 
     def col(c):
-        return pa.FixedSizeListArray.from_arrays(pa.array(k[:, :, c].reshape(-1), pa.float32()), NUM_POINTS)
+        return pa.FixedSizeListArray.from_arrays(pa.array(k[:, :, c].reshape(-1), pa.float64()), NUM_POINTS)
 
     table = pa.Table.from_arrays(
         [pa.array(rows_frame, pa.int32()), pa.array(rows_src, pa.int32()), pa.array(rows_person, pa.int16()),
@@ -106,12 +107,12 @@ def load_poses(path) -> PoseSequence:
     n = int(meta["num_frames"])
     frame_ids = table.column("frame").to_numpy()
     k = np.stack(
-        [np.asarray(table.column(c).combine_chunks().flatten(), np.float32).reshape(-1, NUM_POINTS)
+        [np.asarray(table.column(c).combine_chunks().flatten(), np.float64).reshape(-1, NUM_POINTS)
          for c in ("x", "y", "score")],
         axis=-1,
     )
     order = np.argsort(frame_ids, kind="stable")
-    frames = [np.zeros((0, NUM_POINTS, 3), np.float32) for _ in range(n)]
+    frames = [np.zeros((0, NUM_POINTS, 3), np.float64) for _ in range(n)]
     if len(order):
         bounds = np.searchsorted(frame_ids[order], np.arange(n + 1))
         for i in range(n):

@@ -1,7 +1,9 @@
 """The 134-point pose layout (SPEC section 1) and the converter from DWPose's 133 COCO-WholeBody points.
 
-A frame's poses are a float32 array ``(P, 134, 3)``: x and y normalised by the frame's width and height,
-then the detector score. A point with no location has NaN coordinates and score 0.
+A frame's poses are a float array ``(P, 134, 3)``: x and y normalised by the frame's width and height,
+then the detector score. A point with no location has NaN coordinates and score 0. The release computes
+keypoints in float64 (its SimCC decoding promotes to float64) and the pose images depend on the last bit
+of a coordinate, so the converter returns float64 and pose files keep it.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ _OPENPOSE_IDX = [1, 2, 3, 4, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17]
 
 def empty_frame() -> np.ndarray:
     """A frame with no person: shape (0, 134, 3)."""
-    return np.zeros((0, NUM_POINTS, 3), dtype=np.float32)
+    return np.zeros((0, NUM_POINTS, 3), dtype=np.float64)
 
 
 def from_coco_wholebody(xy, scores, width: int, height: int) -> np.ndarray:
@@ -38,8 +40,8 @@ def from_coco_wholebody(xy, scores, width: int, height: int) -> np.ndarray:
     The neck is the midpoint of the two shoulders; its score is 1.0 when both shoulder scores are
     above 0.3, else 0.0 (the release's rule). Points whose score is <= 0 get NaN coordinates and score 0.
     """
-    xy = np.asarray(xy, dtype=np.float32)
-    scores = np.asarray(scores, dtype=np.float32)
+    xy = np.asarray(xy, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
     if xy.ndim != 3 or xy.shape[1:] != (133, 2) or scores.shape != xy.shape[:2]:
         raise ValueError(
             f"from_coco_wholebody expects xy (P,133,2) and scores (P,133); got {xy.shape} and {scores.shape}"
@@ -51,12 +53,12 @@ def from_coco_wholebody(xy, scores, width: int, height: int) -> np.ndarray:
     neck[:, 2] = np.logical_and(info[:, 5, 2] > VISIBLE_THRESHOLD, info[:, 6, 2] > VISIBLE_THRESHOLD)
     out = np.insert(info, 17, neck, axis=1)  # (P,134,3)
     out[:, _OPENPOSE_IDX] = out[:, _MMPOSE_IDX]
-    out[..., 0] /= np.float32(width)
-    out[..., 1] /= np.float32(height)
+    out[..., 0] /= float(width)
+    out[..., 1] /= float(height)
     missing = ~(out[..., 2] > 0)
     out[missing, 0:2] = np.nan
     out[missing, 2] = 0.0
-    return out.astype(np.float32, copy=False)
+    return out
 
 
 def validate_frame(frame, name: str = "pose frame") -> np.ndarray:

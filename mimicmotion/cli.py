@@ -1,0 +1,199 @@
+"""`mimicmotion` command line. Every user-facing failure prints one clear line and exits with code 1."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from mimicmotion.errors import MimicMotionError
+
+DWPOSE_ENV = "MIMICMOTION_DWPOSE_DIR"
+
+
+def _add_dwpose_dir(p: argparse.ArgumentParser, required_hint: str = "") -> None:
+    p.add_argument("--dwpose-dir", default=None,
+                   help=f"folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (default: ${DWPOSE_ENV} or "
+                        f"~/.cache/mimicmotion/dwpose){required_hint}")
+
+
+def _estimator(args):
+    from mimicmotion.pose.dwpose import DWPoseEstimator
+
+    return DWPoseEstimator(args.dwpose_dir)
+
+
+# ---------------------------------------------------------------------------------------------- pose
+def cmd_pose(args) -> int:
+    from mimicmotion.pose.extract import extract_image_pose, extract_video_poses, is_image_path, load_image_rgb
+    from mimicmotion.pose.io import save_poses
+
+    src = Path(args.input)
+    if not src.exists():
+        raise MimicMotionError(f"input not found: {src}")
+    estimator = _estimator(args)
+    if is_image_path(src):
+        image = load_image_rgb(src)
+        if args.resolution:
+            from mimicmotion.render import prepare_reference
+
+            image = prepare_reference(src, args.resolution)
+        seq = extract_image_pose(image, estimator, source=str(src.resolve()))
+    else:
+        seq = extract_video_poses(src, estimator, sample_stride=args.sample_stride, batch_size=args.batch_size,
+                                  progress=not args.quiet)
+    save_poses(args.out, seq)
+    people = [len(f) for f in seq.frames]
+    print(f"wrote {args.out}: {len(seq)} frames ({seq.width}x{seq.height}, {seq.fps:g} fps), "
+          f"{sum(people)} person detections, {sum(1 for n in people if n == 0)} frames without a person")
+    if args.pose_video:
+        _write_pose_video(seq, args.pose_video, args.pose_video_height)
+        print(f"wrote {args.pose_video}")
+    return 0
+
+
+def _write_pose_video(seq, path, height: int | None) -> None:
+    from mimicmotion.pose.draw import draw_pose
+    from mimicmotion.video import write_video
+
+    h, w = seq.height, seq.width
+    if height:  # draw at a smaller size for quick previews; keep the aspect, even sizes
+        w = max(2, round(w * height / h / 2) * 2)
+        h = height
+    write_video(path, (draw_pose(f, h, w) for f in seq.frames), fps=seq.fps or 15.0)
+
+
+# ---------------------------------------------------------------------------------------------- render
+def cmd_render(args) -> int:
+    import torch
+
+    from mimicmotion.loading import load_pipeline
+    from mimicmotion.pose.io import load_poses
+    from mimicmotion.render import RenderSettings, render_video
+
+    if args.poses is None and args.driving is None:
+        raise MimicMotionError("pass --poses POSES.parquet (from `mimicmotion pose`) or --driving VIDEO")
+    settings = RenderSettings(
+        resolution=args.resolution, sample_stride=args.sample_stride, tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap, num_inference_steps=args.steps, min_guidance_scale=args.guidance,
+        max_guidance_scale=args.guidance, noise_aug_strength=args.noise_aug_strength,
+        decode_chunk_size=args.decode_chunk_size, seed=args.seed, fps=args.fps, max_frames=args.max_frames,
+    )
+    needs_dwpose = args.ref_pose is None or args.poses is None
+    estimator = _estimator(args) if needs_dwpose else None
+    driving_poses = load_poses(args.poses) if args.poses else None
+    ref_pose = load_poses(args.ref_pose) if args.ref_pose else None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    result = render_video(
+        args.ref, args.out, pipe_loader=lambda: load_pipeline(args.base_model, args.checkpoint, dtype=dtype,
+                                                             device=device),
+        settings=settings, device=device, pipeline_options=dict(decode_device=args.vae_device),
+        driving_poses=driving_poses, driving_video=args.driving, estimator=estimator, ref_pose=ref_pose,
+        audio_from=False if args.no_audio else None,
+    )
+    print(f"wrote {result.video_path}: {result.num_frames} frames {result.width}x{result.height} at "
+          f"{result.fps:g} fps, audio {'kept' if result.has_audio else 'none'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- export
+def cmd_export(args) -> int:
+    from mimicmotion.loading import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    from mimicmotion.demo import run_demo
+
+    out = run_demo(args.out, resolution=args.resolution, steps=args.steps, progress=not args.quiet)
+    print(f"reference      {out.reference}\n"
+          f"driving video  {out.driving_video} (with audio)\n"
+          f"driving poses  {out.driving_poses}\n"
+          f"pose video     {out.pose_video}\n"
+          f"model          {out.base_model} + {out.checkpoint}\n"
+          f"render         {out.render}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mimicmotion", description="MimicMotion pose-driven human animation")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pose", help="extract DWPose keypoints of a video (or image) to a Parquet pose file")
+    p.add_argument("input", help="video file, or an image (e.g. the reference)")
+    p.add_argument("--out", required=True, help="output pose file (.parquet)")
+    _add_dwpose_dir(p)
+    p.add_argument("--sample-stride", type=int, default=2,
+                   help="sample every N-th frame at 24 fps (scaled up for faster videos); release: 2")
+    p.add_argument("--batch-size", type=int, default=16, help="frames decoded and detected per batch")
+    p.add_argument("--resolution", type=int, default=0,
+                   help="for an image: first resize+crop it as the render does to the reference (e.g. 576)")
+    p.add_argument("--pose-video", help="also write the confidence-aware pose images as an mp4")
+    p.add_argument("--pose-video-height", type=int, default=None, help="draw the pose video at this height")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pose)
+
+    r = sub.add_parser("render", help="animate a reference image with driving poses")
+    r.add_argument("--ref", required=True, help="reference image (one person)")
+    r.add_argument("--poses", help="driving pose file from `mimicmotion pose`")
+    r.add_argument("--driving", help="driving video (poses detected with DWPose; its audio is kept)")
+    r.add_argument("--ref-pose", help="pose file of the reference image (otherwise detected with DWPose)")
+    _add_dwpose_dir(r)
+    r.add_argument("--base-model", required=True, help="Stable Video Diffusion img2vid-xt folder (diffusers layout)")
+    r.add_argument("--checkpoint", required=True, help="MimicMotion checkpoint (.pth or .safetensors)")
+    r.add_argument("--out", required=True, help="output mp4")
+    r.add_argument("--resolution", type=int, default=576)
+    r.add_argument("--sample-stride", type=int, default=2)
+    r.add_argument("--tile-size", type=int, default=72)
+    r.add_argument("--tile-overlap", type=int, default=6)
+    r.add_argument("--steps", type=int, default=25)
+    r.add_argument("--guidance", type=float, default=2.0)
+    r.add_argument("--noise-aug-strength", type=float, default=0.0)
+    r.add_argument("--decode-chunk-size", type=int, default=8)
+    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--fps", type=float, default=None, help="output fps (default: sampled driving fps, keeps sync)")
+    r.add_argument("--max-frames", type=int, default=None, help="render only the first N driving frames")
+    r.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    r.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    r.add_argument("--vae-device", default=None, help="run the VAE decoder here (e.g. cpu) to save GPU memory")
+    r.add_argument("--no-audio", action="store_true", help="do not copy the driving video's audio")
+    r.set_defaults(func=cmd_render)
+
+    d = sub.add_parser("demo", help="run the whole pose -> render path on a generated sample (CPU)")
+    d.add_argument("--out", default="out/demo", help="output folder")
+    d.add_argument("--resolution", type=int, default=128)
+    d.add_argument("--steps", type=int, default=4)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("export-checkpoint", help="convert a .pth checkpoint to safetensors (same keys)")
+    e.add_argument("checkpoint")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_export)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except MimicMotionError as exc:
+        if args.verbose:
+            raise
+        print(f"mimicmotion {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

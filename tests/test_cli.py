@@ -1,0 +1,183 @@
+"""The `mimicmotion` command line as a user runs it: real work on tiny models, and bad inputs that must
+end with one clear message and exit code 1 (never a traceback)."""
+import numpy as np
+import pytest
+
+from mimicmotion.cli import main
+from mimicmotion.pose.io import PoseSequence, load_poses, save_poses
+from mimicmotion.video import probe, write_video
+
+from tiny_dwpose import empty_head, plant_anchor, write_model_dir
+
+RENDER_ARGS = ["--resolution", "64", "--steps", "2", "--tile-size", "16", "--tile-overlap", "4", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    from mimicmotion.demo import write_sample
+
+    folder = tmp_path_factory.mktemp("sample")
+    ref, driving, poses, ref_pose = write_sample(folder, num_frames=24)
+    return dict(ref=ref, driving=driving, poses=poses, ref_pose=ref_pose, dir=folder)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from mimicmotion.tiny import save_tiny_model
+
+    base, ckpt = save_tiny_model(tmp_path_factory.mktemp("model"))
+    return base, ckpt
+
+
+@pytest.fixture(scope="module")
+def dwpose_dir(tmp_path_factory):
+    """Tiny DWPose models: one person box planted by the detector; the pose model puts every keypoint on
+    the crop's reddest pixel with a per-keypoint score."""
+    head = empty_head()
+    plant_anchor(head, stride=32, gx=10, gy=10, offset_xy=(0.0, 0.0), size_wh=(200.0, 400.0), objectness=1.0,
+                 class_scores={0: 0.9})
+    return write_model_dir(tmp_path_factory.mktemp("dwpose"), head)
+
+
+@pytest.fixture(scope="module")
+def no_person_dwpose_dir(tmp_path_factory):
+    """A pose model whose every score is negative: nobody is found."""
+    return write_model_dir(tmp_path_factory.mktemp("dwpose_none"), empty_head(),
+                           keypoint_bias=np.full(133, -10.0, np.float32))
+
+
+def fail(capsys, argv, *expected):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def test_render_from_pose_files_keeps_frames_and_audio(sample, model, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    rc = main(["render", "--ref", str(sample["ref"]), "--poses", str(sample["poses"]), "--ref-pose",
+               str(sample["ref_pose"]), "--base-model", str(model[0]), "--checkpoint", str(model[1]),
+               "--out", str(out), "--sample-stride", "2", *RENDER_ARGS])
+    assert rc == 0, capsys.readouterr().err
+    info = probe(out)
+    # The pose file holds all 24 frames of the driving clip: one output frame per driving pose frame.
+    assert info.num_frames == len(load_poses(sample["poses"])) == 24
+    assert (info.width, info.height) == (64, 64)
+    assert info.has_audio
+    assert info.duration == pytest.approx(probe(sample["driving"]).duration, abs=0.05)
+    assert "24 frames" in capsys.readouterr().out
+
+
+def test_render_detecting_driving_poses(sample, model, dwpose_dir, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    rc = main(["render", "--ref", str(sample["ref"]), "--driving", str(sample["driving"]), "--ref-pose",
+               str(sample["ref_pose"]), "--dwpose-dir", str(dwpose_dir), "--base-model", str(model[0]),
+               "--checkpoint", str(model[1]), "--out", str(out), *RENDER_ARGS])
+    assert rc == 0, capsys.readouterr().err
+    info = probe(out)
+    assert info.num_frames == 12  # 24 frames at 24 fps, sample stride 2
+    assert info.fps == pytest.approx(12.0)
+    assert info.has_audio
+
+
+def test_pose_command_writes_poses_and_pose_video(sample, dwpose_dir, tmp_path, capsys):
+    out, video = tmp_path / "p.parquet", tmp_path / "p.mp4"
+    rc = main(["pose", str(sample["driving"]), "--dwpose-dir", str(dwpose_dir), "--out", str(out),
+               "--pose-video", str(video), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    seq = load_poses(out)
+    assert len(seq) == 12 and seq.source_frames == list(range(0, 24, 2))
+    assert (seq.width, seq.height) == (288, 512) and seq.fps == pytest.approx(12.0)
+    assert all(f.shape == (1, 134, 3) for f in seq.frames)
+    assert probe(video).num_frames == 12
+    assert "12 frames" in capsys.readouterr().out
+
+
+def test_pose_command_on_an_image(sample, dwpose_dir, tmp_path, capsys):
+    out = tmp_path / "ref.parquet"
+    assert main(["pose", str(sample["ref"]), "--dwpose-dir", str(dwpose_dir), "--out", str(out), "--quiet"]) == 0
+    seq = load_poses(out)
+    assert len(seq) == 1 and (seq.width, seq.height) == (704, 1216)
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "audio_only", "directory"])
+def test_pose_bad_videos(kind, dwpose_dir, tmp_path, capsys):
+    path = tmp_path / f"{kind}.mp4"
+    if kind == "text":
+        path.write_text("this is not a video\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        from mimicmotion.demo import _write_tone
+
+        path = tmp_path / "audio_only.m4a"
+        _write_tone(path, 0.5)
+    fail(capsys, ["pose", str(path), "--dwpose-dir", str(dwpose_dir), "--out", str(tmp_path / "x.parquet")],
+         path.name)
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_missing_onnx_file(sample, tmp_path, capsys):
+    line = fail(capsys, ["pose", str(sample["driving"]), "--dwpose-dir", str(tmp_path), "--out",
+                         str(tmp_path / "x.parquet")], "yolox_l.onnx", str(tmp_path))
+    assert "yzd-v/DWPose" in line
+
+
+def test_reference_without_person(sample, model, no_person_dwpose_dir, tmp_path, capsys):
+    fail(capsys, ["render", "--ref", str(sample["ref"]), "--poses", str(sample["poses"]), "--dwpose-dir",
+                  str(no_person_dwpose_dir), "--base-model", str(model[0]), "--checkpoint", str(model[1]),
+                  "--out", str(tmp_path / "o.mp4"), *RENDER_ARGS], "reference")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_reference_pose_file_with_nobody(sample, model, tmp_path, capsys):
+    empty = tmp_path / "empty_ref.parquet"
+    save_poses(empty, PoseSequence(frames=[np.zeros((0, 134, 3), np.float32)], width=704, height=1216))
+    fail(capsys, ["render", "--ref", str(sample["ref"]), "--poses", str(sample["poses"]), "--ref-pose", str(empty),
+                  "--base-model", str(model[0]), "--checkpoint", str(model[1]), "--out", str(tmp_path / "o.mp4"),
+                  *RENDER_ARGS], "reference")
+
+
+def test_render_missing_files(sample, model, tmp_path, capsys):
+    base = ["--ref-pose", str(sample["ref_pose"]), "--out", str(tmp_path / "o.mp4"), *RENDER_ARGS]
+    fail(capsys, ["render", "--ref", str(tmp_path / "nope.png"), "--poses", str(sample["poses"]), "--base-model",
+                  str(model[0]), "--checkpoint", str(model[1]), *base], "nope.png")
+    fail(capsys, ["render", "--ref", str(sample["ref"]), "--poses", str(tmp_path / "nope.parquet"),
+                  "--base-model", str(model[0]), "--checkpoint", str(model[1]), *base], "nope.parquet")
+    fail(capsys, ["render", "--ref", str(sample["ref"]), "--poses", str(sample["poses"]), "--base-model",
+                  str(model[0]), "--checkpoint", str(tmp_path / "nope.pth"), *base], "nope.pth")
+    fail(capsys, ["render", "--ref", str(sample["ref"]), "--poses", str(sample["poses"]), "--base-model",
+                  str(tmp_path / "nobase"), "--checkpoint", str(model[1]), *base], "nobase")
+
+
+def test_render_bad_parameters(sample, model, tmp_path, capsys):
+    args = ["render", "--ref", str(sample["ref"]), "--poses", str(sample["poses"]), "--ref-pose",
+            str(sample["ref_pose"]), "--base-model", str(model[0]), "--checkpoint", str(model[1]), "--out",
+            str(tmp_path / "o.mp4"), "--resolution", "64", "--steps", "1"]
+    fail(capsys, [*args, "--tile-size", "8", "--tile-overlap", "8"], "tile_overlap")
+    fail(capsys, [*args, "--guidance", "0.5"], "guidance")
+
+
+def test_export_checkpoint(model, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "exported.safetensors"
+    assert main(["export-checkpoint", str(model[1]), "--out", str(out)]) == 0
+    a, b = load_file(model[1]), load_file(out)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_demo_main_job(tmp_path, capsys):
+    from mimicmotion.demo import run_demo
+
+    out = run_demo(tmp_path / "demo", resolution=64, steps=1, num_frames=24, progress=False)
+    render, pose = probe(out.render), probe(out.pose_video)
+    assert render.num_frames == pose.num_frames == 12
+    assert render.has_audio
