@@ -94,7 +94,7 @@ def run_path(pipe, path, frames, height, width, steps, tile, overlap, device):
          generator=torch.Generator("cpu").manual_seed(42), output_type="pt", device=device, **opts)
     sync(device)
     seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else None
     return seconds, peak
 
 
@@ -143,7 +143,7 @@ def main(argv=None):
             achieved = flops_frame * frame_forwards / seconds / 1e12
             row = dict(device=device_name, path=path, frames=frames, tiles=len(tiles), steps=args.steps,
                        dtype=args.dtype, seconds=round(seconds, 3), s_per_frame=round(seconds / out_frames, 4),
-                       peak_vram_gib=round(peak, 2), achieved_tflops=round(achieved, 1),
+                       peak_vram_gib=None if peak is None else round(peak, 2), achieved_tflops=round(achieved, 1),
                        floor_s_per_frame=round(floor / out_frames, 4), ratio_to_floor=round(seconds / floor, 2))
             results.append(row)
             print(json.dumps(row))
