@@ -207,3 +207,26 @@ def test_output_types(pipe):
     assert np_frames.shape == (1, 3, H, W, 3)
     pil = run(pipe, 3, output_type="pil")
     assert len(pil) == 1 and len(pil[0]) == 3 and pil[0][0].size == (W, H)
+
+
+def test_memory_options_do_not_change_results(pipe):
+    base = run(pipe, 6, output_type="pt")
+    pipe.offload = True
+    try:
+        # (decode_chunk_size is not such an option: the temporal decoder mixes the frames of a chunk.)
+        offloaded = run(pipe, 6, output_type="pt", decode_device="cpu", pose_chunk_size=2)
+    finally:
+        pipe.offload = False
+    assert torch.allclose(base, offloaded, atol=1e-6)
+
+
+def test_bfloat16_pipeline_runs_close_to_float32():
+    comps = tiny_components(seed=0)
+    p32 = MimicMotionPipeline(**comps)
+    p32.set_progress_bar_config(disable=True)
+    ref = run(p32, 5, output_type="pt")
+    p16 = MimicMotionPipeline(**tiny_components(seed=0)).to(dtype=torch.bfloat16)
+    p16.set_progress_bar_config(disable=True)
+    out = run(p16, 5, output_type="pt")
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out - ref).abs().mean() < 0.05
