@@ -86,16 +86,42 @@ def cmd_render(args) -> int:
     ref_pose = load_poses(args.ref_pose) if args.ref_pose else None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    result = render_video(
-        args.ref, args.out, pipe_loader=lambda: load_pipeline(args.base_model, args.checkpoint, dtype=dtype,
-                                                             device=device),
-        settings=settings, device=device, pipeline_options=dict(decode_device=args.vae_device),
-        driving_poses=driving_poses, driving_video=args.driving, estimator=estimator, ref_pose=ref_pose,
-        audio_from=False if args.no_audio else None,
-    )
+    if args.actors < 0:
+        raise MimicMotionError(f"--actors must be >= 0 (got {args.actors})")
+    settings.validate()  # before Ray starts any actor
+    pipeline_options = dict(decode_device=args.vae_device)
+    executor = _ray_executor(args) if args.actors else None
+    try:
+        if executor is not None:
+            pipeline_options["tile_executor"] = executor
+        result = render_video(
+            args.ref, args.out, pipe_loader=lambda: load_pipeline(args.base_model, args.checkpoint, dtype=dtype,
+                                                                 device=device),
+            settings=settings, device=device, pipeline_options=pipeline_options,
+            driving_poses=driving_poses, driving_video=args.driving, estimator=estimator, ref_pose=ref_pose,
+            audio_from=False if args.no_audio else None,
+        )
+    finally:
+        if executor is not None:
+            executor.close()
     print(f"wrote {result.video_path}: {result.num_frames} frames {result.width}x{result.height} at "
           f"{result.fps:g} fps, audio {'kept' if result.has_audio else 'none'}")
     return 0
+
+
+def _ray_executor(args):
+    """Resident Ray actors that run the denoising tiles (exact per-step fusion stays on this process)."""
+    try:
+        from tasks.ray_render import ModelSpec, RayTileExecutor, ensure_ray
+    except ImportError as exc:
+        raise MimicMotionError(f"--actors needs Ray (pip install 'ray[default]'): {exc}") from exc
+    from mimicmotion.loading import check_base_model_dir
+
+    check_base_model_dir(args.base_model)
+    if not Path(args.checkpoint).is_file():
+        raise MimicMotionError(f"checkpoint not found: {args.checkpoint}")
+    ensure_ray(address=args.ray_address)
+    return RayTileExecutor(ModelSpec(args.base_model, args.checkpoint, args.dtype), num_actors=args.actors)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -164,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     r.add_argument("--vae-device", default=None, help="run the VAE decoder here (e.g. cpu) to save GPU memory")
     r.add_argument("--no-audio", action="store_true", help="do not copy the driving video's audio")
+    r.add_argument("--actors", type=int, default=0,
+                   help="denoise on N Ray actors (one GPU each when the cluster has them); 0 = in this process")
+    r.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
     r.set_defaults(func=cmd_render)
 
     d = sub.add_parser("demo", help="run the whole pose -> render path on a generated sample (CPU)")
