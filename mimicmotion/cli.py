@@ -72,17 +72,30 @@ def cmd_render(args) -> int:
     from mimicmotion.pose.io import load_poses
     from mimicmotion.render import RenderSettings, render_video
 
-    if args.poses is None and args.driving is None:
-        raise MimicMotionError("pass --poses POSES.parquet (from `mimicmotion pose`) or --driving VIDEO")
+    sources = [name for name, value in (("--poses", args.poses), ("--driving", args.driving),
+                                        ("--clip-id", args.clip_id)) if value]
+    if len(sources) != 1:
+        raise MimicMotionError("pass exactly one driving source: --poses POSES.parquet (from `mimicmotion pose`), "
+                               "--driving VIDEO or --clip-id ID (a clip of the catalog)"
+                               + (f"; got {' and '.join(sources)}" if sources else ""))
     settings = RenderSettings(
         resolution=args.resolution, sample_stride=args.sample_stride, tile_size=args.tile_size,
         tile_overlap=args.tile_overlap, num_inference_steps=args.steps, min_guidance_scale=args.guidance,
         max_guidance_scale=args.guidance, noise_aug_strength=args.noise_aug_strength,
         decode_chunk_size=args.decode_chunk_size, seed=args.seed, fps=args.fps, max_frames=args.max_frames,
     )
-    needs_dwpose = args.ref_pose is None or args.poses is None
+    needs_dwpose = args.ref_pose is None or args.driving is not None
     estimator = _estimator(args) if needs_dwpose else None
-    driving_poses = load_poses(args.poses) if args.poses else None
+    if args.clip_id:
+        from catalog import Catalog  # poses already in the catalog: no re-detection
+
+        try:
+            driving_poses = Catalog(args.catalog).clip_poses(args.clip_id)
+        except KeyError:
+            raise MimicMotionError(f"clip id {args.clip_id!r} is not in the catalog {args.catalog or '(default)'}: "
+                                   "list clips with `mimicmotion catalog query \"SELECT clip_id FROM clips\"`")
+    else:
+        driving_poses = load_poses(args.poses) if args.poses else None
     ref_pose = load_poses(args.ref_pose) if args.ref_pose else None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
@@ -99,14 +112,25 @@ def cmd_render(args) -> int:
                                                                  device=device),
             settings=settings, device=device, pipeline_options=pipeline_options,
             driving_poses=driving_poses, driving_video=args.driving, estimator=estimator, ref_pose=ref_pose,
-            audio_from=False if args.no_audio else None,
+            audio_from=False if args.no_audio else None, preview_path=_preview_path(args),
         )
     finally:
         if executor is not None:
             executor.close()
     print(f"wrote {result.video_path}: {result.num_frames} frames {result.width}x{result.height} at "
           f"{result.fps:g} fps, audio {'kept' if result.has_audio else 'none'}")
+    if result.preview_path is not None:
+        print(f"wrote {result.preview_path} (reference | pose | output)")
     return 0
+
+
+def _preview_path(args):
+    if args.no_preview:
+        return None
+    if args.preview:
+        return args.preview
+    out = Path(args.out)
+    return out.with_name(f"{out.stem}_preview{out.suffix or '.mp4'}")
 
 
 def _ray_executor(args):
@@ -170,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ref", required=True, help="reference image (one person)")
     r.add_argument("--poses", help="driving pose file from `mimicmotion pose`")
     r.add_argument("--driving", help="driving video (poses detected with DWPose; its audio is kept)")
+    r.add_argument("--clip-id", help="drive with a catalog clip's poses (see `mimicmotion catalog query`)")
+    r.add_argument("--catalog", default=None, help="catalog folder for --clip-id (default: $MIMICMOTION_CATALOG)")
     r.add_argument("--ref-pose", help="pose file of the reference image (otherwise detected with DWPose)")
     _add_dwpose_dir(r)
     r.add_argument("--base-model", required=True, help="Stable Video Diffusion img2vid-xt folder (diffusers layout)")
@@ -190,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     r.add_argument("--vae-device", default=None, help="run the VAE decoder here (e.g. cpu) to save GPU memory")
     r.add_argument("--no-audio", action="store_true", help="do not copy the driving video's audio")
+    r.add_argument("--preview", default=None,
+                   help="side-by-side preview mp4, reference | pose | output (default: OUT_preview.mp4)")
+    r.add_argument("--no-preview", action="store_true", help="do not write the preview")
     r.add_argument("--actors", type=int, default=0,
                    help="denoise on N Ray actors (one GPU each when the cluster has them); 0 = in this process")
     r.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
@@ -206,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_export)
+
+    from catalog.cli import add_catalog_commands
+
+    add_catalog_commands(sub)
     return ap
 
 

@@ -69,6 +69,7 @@ class RenderResult:
     height: int
     width: int
     has_audio: bool
+    preview_path: Optional[Path] = None
 
 
 def prepare_reference(path, resolution: int = 576) -> np.ndarray:
@@ -208,11 +209,13 @@ def prepare_render_inputs(
 
 def render_video(
     reference_path, out_path, pipe=None, *, pipe_loader=None, settings: RenderSettings = RenderSettings(),
-    device=None, progress: bool = True, pipeline_options: Optional[dict] = None, **input_options,
+    device=None, progress: bool = True, pipeline_options: Optional[dict] = None, preview_path=None,
+    **input_options,
 ) -> RenderResult:
     """Full render for the CLI: reference + (pose file | driving video with DWPose) -> mp4 with audio.
     Inputs are prepared and validated first; ``pipe_loader()`` (if given instead of ``pipe``) is only
-    called once they are known to be good."""
+    called once they are known to be good. ``preview_path``: also write the side-by-side preview
+    (reference | pose | output) there, with the same audio."""
     from mimicmotion.video import write_video
 
     inputs = prepare_render_inputs(reference_path, settings=settings, progress=progress, **input_options)
@@ -222,6 +225,12 @@ def render_video(
         pipe.set_progress_bar_config(desc="Denoising (steps x tiles)")
     frames = generate(pipe, inputs.reference, inputs.pose_images, settings, device=device, **(pipeline_options or {}))
     write_video(out_path, frames, fps=inputs.fps, crf=settings.crf, audio_from=inputs.audio_from)
+    if preview_path is not None:
+        from mimicmotion.preview import side_by_side_frames
+
+        write_video(preview_path, side_by_side_frames(inputs.reference, inputs.pose_images[1:], frames),
+                    fps=inputs.fps, crf=settings.crf, audio_from=inputs.audio_from)
     h, w = inputs.reference.shape[:2]
     return RenderResult(video_path=Path(out_path), num_frames=len(frames), fps=inputs.fps, height=h, width=w,
-                        has_audio=inputs.audio_from is not None)
+                        has_audio=inputs.audio_from is not None,
+                        preview_path=Path(preview_path) if preview_path is not None else None)

@@ -70,7 +70,40 @@ def test_render_from_pose_files_keeps_frames_and_audio(sample, model, tmp_path, 
     assert (info.width, info.height) == (64, 64)
     assert info.has_audio
     assert info.duration == pytest.approx(probe(sample["driving"]).duration, abs=0.05)
-    assert "24 frames" in capsys.readouterr().out
+    # The side-by-side preview (reference | pose | output) is written next to it by default, with the audio.
+    preview = probe(tmp_path / "out_preview.mp4")
+    assert (preview.num_frames, preview.width, preview.height, preview.has_audio) == (24, 192, 64, True)
+    printed = capsys.readouterr().out
+    assert "24 frames" in printed and "out_preview.mp4" in printed
+
+
+def test_render_a_catalog_clip(sample, model, tmp_path, capsys):
+    import shutil
+
+    from catalog import Catalog, curate_file, init_catalog
+    from mimicmotion.curation import CurationSettings, sidecar_path
+
+    video = tmp_path / "dance.mp4"
+    shutil.copy(sample["driving"], video)
+    shutil.copy(sample["poses"], sidecar_path(video))
+    root = init_catalog(tmp_path / "cat")
+    outcome = curate_file(video, root, CurationSettings(sample_stride=1, clip_length=16, min_clip_length=8,
+                                                        resolution=64).validate(), pose_source="sidecar")
+    assert outcome.status == "ok", outcome.reason
+    cat = Catalog(root)
+    cat.rebuild()
+    clip_id, frames = cat.query("SELECT clip_id, num_frames FROM clips ORDER BY clip_id LIMIT 1").to_pylist()[0].values()
+    out = tmp_path / "clip.mp4"
+    common = ["--ref", str(sample["ref"]), "--ref-pose", str(sample["ref_pose"]), "--base-model", str(model[0]),
+              "--checkpoint", str(model[1]), "--catalog", str(root), "--no-preview", *RENDER_ARGS]
+    assert main(["render", "--clip-id", clip_id, "--out", str(out), *common]) == 0, capsys.readouterr().err
+    assert probe(out).num_frames == frames == 16
+    capsys.readouterr()
+    assert not (tmp_path / "clip_preview.mp4").exists()
+    fail(capsys, ["render", "--clip-id", "0000000000000000-0009", "--out", str(out), *common],
+         "0000000000000000-0009", "not in the catalog")
+    fail(capsys, ["render", "--clip-id", clip_id, "--poses", str(sample["poses"]), "--out", str(out), *common],
+         "exactly one driving source")
 
 
 def test_render_detecting_driving_poses(sample, model, dwpose_dir, tmp_path, capsys):
