@@ -239,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     from catalog.cli import add_catalog_commands
 
     add_catalog_commands(sub)
+
+    from mimicmotion.evaluation import add_evaluate_command
+
+    add_evaluate_command(sub)
     return ap
 
 

@@ -110,7 +110,6 @@ def tiny_components(seed: int = 0, sample_size: int = 64) -> dict:
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from mimicmotion.loading import clip_image_processor_class
     from mimicmotion.models.pose_net import PoseNet
     from mimicmotion.models.unet import PoseConditionedUNet
 
@@ -119,15 +118,51 @@ def tiny_components(seed: int = 0, sample_size: int = 64) -> dict:
     image_encoder = _seeded(seed, "image_encoder",
                             lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_CONFIG)))
     pose_net = _seeded(seed, "pose_net", lambda: PoseNet(noise_latent_channels=unet.config.block_out_channels[0]))
-    feature_extractor = clip_image_processor_class()(
-        image_mean=list(CLIP_IMAGE_MEAN), image_std=list(CLIP_IMAGE_STD),
-        size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
-    )
     return dict(
         vae=vae.eval(), image_encoder=image_encoder.eval(), unet=unet.eval(),
         scheduler=EulerDiscreteScheduler.from_config(SVD_XT_SCHEDULER_CONFIG),
-        feature_extractor=feature_extractor, pose_net=pose_net.eval(),
+        feature_extractor=clip_feature_extractor(), pose_net=pose_net.eval(),
     )
+
+
+def clip_feature_extractor():
+    """SVD's CLIP image processor settings (224x224, OpenAI normalisation)."""
+    from mimicmotion.loading import clip_image_processor_class
+
+    return clip_image_processor_class()(
+        image_mean=list(CLIP_IMAGE_MEAN), image_std=list(CLIP_IMAGE_STD),
+        size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+    )
+
+
+def save_base_folder(base, comps: dict, *, weights_variant: Optional[str] = None, base_unet=None) -> Path:
+    """Write an SVD base folder in diffusers layout from pipeline components: VAE, image encoder, scheduler,
+    feature extractor and model_index.json, plus the UNet's config (as the stock SVD class) and, when
+    ``base_unet`` is given, its weights. ``weights_variant="fp16"`` writes the weights as fp16 variants."""
+    import diffusers
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+
+    def base_copy(module):
+        # fp16 variant files hold fp16 tensors; the components stay float32 for the checkpoint.
+        return module if weights_variant is None else _cast_copy(module, torch.float16)
+
+    # The base's UNet is the stock SVD class: its config must read as SVD's, not as PoseConditionedUNet.
+    if base_unet is not None:
+        base_copy(base_unet).save_pretrained(base / "unet", variant=weights_variant)
+    else:
+        unet_config = {k: v for k, v in comps["unet"].config.items() if not k.startswith("_")}
+        with torch.device("meta"):
+            UNetSpatioTemporalConditionModel(**unet_config).save_config(base / "unet")
+    base_copy(comps["vae"]).save_pretrained(base / "vae", variant=weights_variant)
+    base_copy(comps["image_encoder"]).save_pretrained(base / "image_encoder", variant=weights_variant)
+    comps["scheduler"].save_pretrained(base / "scheduler")
+    comps["feature_extractor"].save_pretrained(base / "feature_extractor")
+    model_index = dict(SVD_MODEL_INDEX, _diffusers_version=diffusers.__version__)
+    (base / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    return base
 
 
 def save_tiny_model(directory, seed: int = 0, *, checkpoint_format: str = "safetensors",
@@ -145,7 +180,6 @@ def save_tiny_model(directory, seed: int = 0, *, checkpoint_format: str = "safet
     ``weights_variant="fp16"``: write the base's weight files only as fp16 variants
     (``*.fp16.safetensors``), like a download of SVD's fp16 files only.
     """
-    import diffusers
     from diffusers import UNetSpatioTemporalConditionModel
 
     from mimicmotion.loading import save_checkpoint
@@ -155,27 +189,11 @@ def save_tiny_model(directory, seed: int = 0, *, checkpoint_format: str = "safet
     if weights_variant not in (None, "fp16"):
         raise ValueError(f"weights_variant must be None or 'fp16', got {weights_variant!r}")
     out = Path(directory)
-    base = out / "svd-tiny"
-    base.mkdir(parents=True, exist_ok=True)
     comps = tiny_components(seed, sample_size)
-
-    def base_copy(module):
-        # fp16 variant files hold fp16 tensors; the components stay float32 for the checkpoint.
-        return module if weights_variant is None else _cast_copy(module, torch.float16)
-
-    # The base's UNet is the stock SVD class: its config must read as SVD's, not as PoseConditionedUNet.
+    stock = None
     if base_unet_weights:
         stock = _seeded(seed, "base_unet", lambda: UNetSpatioTemporalConditionModel(**tiny_unet_config(sample_size)))
-        base_copy(stock).save_pretrained(base / "unet", variant=weights_variant)
-    else:
-        with torch.device("meta"):
-            UNetSpatioTemporalConditionModel(**tiny_unet_config(sample_size)).save_config(base / "unet")
-    base_copy(comps["vae"]).save_pretrained(base / "vae", variant=weights_variant)
-    base_copy(comps["image_encoder"]).save_pretrained(base / "image_encoder", variant=weights_variant)
-    comps["scheduler"].save_pretrained(base / "scheduler")
-    comps["feature_extractor"].save_pretrained(base / "feature_extractor")
-    model_index = dict(SVD_MODEL_INDEX, _diffusers_version=diffusers.__version__)
-    (base / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    base = save_base_folder(out / "svd-tiny", comps, weights_variant=weights_variant, base_unet=stock)
 
     modules = {"unet": comps["unet"], "pose_net": comps["pose_net"]}
     if checkpoint_dtype is not None:

@@ -1,0 +1,228 @@
+"""The Prefect `evaluate` flow on a tiny catalog and the tiny model: Parquet rows per clip and method, the
+copy_reference baseline scored against exactly frames 1.. of the clip, blank_pose differing from the model,
+LPIPS / FID-VID / FVD from tiny feature networks, the markdown summary and artifact; then resume without
+re-rendering, the `evaluate` CLI (baseline only) and up-front errors."""
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+prefect_testing = pytest.importorskip("prefect.testing.utilities")
+
+from mimicmotion.errors import ConfigError  # noqa: E402
+
+FRAMES = 6  # the clip's frames: the reference plus 5 scored frames
+W, H = 90, 160  # the dancer video (9:16): crop = the whole frame
+RENDER = dict(resolution=64, tile_size=4, tile_overlap=2, steps=1, decode_chunk_size=8, seed=3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    threads = torch.get_num_threads()
+    with prefect_testing.prefect_test_harness(server_startup_timeout=120):
+        yield
+    torch.set_num_threads(threads)
+
+
+def dancer(path: Path, num_frames: int) -> None:
+    """The procedural dancer video and its sidecar pose file (every frame), as tests/test_catalog.py makes it."""
+    from mimicmotion.curation import sidecar_path
+    from mimicmotion.pose.io import PoseSequence, save_poses
+    from mimicmotion.sample import dance_poses, draw_figure
+    from mimicmotion.video import write_video
+
+    poses = [p.astype(np.float64) for p in dance_poses(num_frames, 24.0, W, H, seed=0)]
+    for p in poses:
+        p[..., 0] = 0.5 + (p[..., 0] - 0.5) * 0.5  # keep the hands inside the 9:16 frame
+    write_video(path, [draw_figure(p, H, W, seed=0) for p in poses], fps=24.0)
+    save_poses(sidecar_path(path), PoseSequence(frames=poses, width=W, height=H, fps=24.0,
+                                                source_frames=list(range(num_frames)), sample_stride=1))
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    from catalog import curate_file, ensure_index, init_catalog
+    from mimicmotion.curation import CurationSettings
+
+    d = tmp_path_factory.mktemp("media")
+    dancer(d / "dance.mp4", FRAMES)
+    root = init_catalog(d / "cat")
+    outcome = curate_file(d / "dance.mp4", root, CurationSettings(sample_stride=1, clip_length=FRAMES,
+                                                                 min_clip_length=FRAMES), pose_source="sidecar")
+    assert outcome.status == "ok" and len(outcome.clip_ids) == 1
+    ensure_index(root)
+    return dict(root=str(root), clip_id=outcome.clip_ids[0], video=str(d / "dance.mp4"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """The tiny model with a non-zero PoseNet projection (a fresh PoseNet outputs exactly zero, so the pose
+    images would not matter and blank_pose would equal the model)."""
+    from safetensors.torch import load_file, save_file
+
+    from mimicmotion.tiny import save_tiny_model
+
+    base, ckpt = save_tiny_model(tmp_path_factory.mktemp("model"))
+    state = load_file(str(ckpt))
+    g = torch.Generator().manual_seed(0)
+    for key in ("pose_net.final_proj.weight", "pose_net.final_proj.bias"):
+        state[key] = torch.randn(state[key].shape, generator=g) * 0.5
+    save_file(state, str(ckpt))
+    return dict(base_model=str(base), checkpoint=str(ckpt))
+
+
+@pytest.fixture(scope="module")
+def metric_weights(tmp_path_factory):
+    """Tiny LPIPS (AlexNet layout), I3D and FID Inception weight files."""
+    from safetensors.torch import save_file
+
+    from mimicmotion import feature_nets as fn
+
+    d = tmp_path_factory.mktemp("metric_weights")
+    torch.manual_seed(0)
+    files = {}
+    for name, net in (("lpips", fn.LPIPSNet("alex", width=0.1)), ("i3d", fn.InceptionI3d(num_classes=6, width=1 / 16)),
+                      ("inception", fn.FIDInceptionV3(width=1 / 16))):
+        state = {k: v.detach().abs().contiguous() if name == "lpips" else v.detach().contiguous()
+                 for k, v in net.state_dict().items()}
+        files[name] = str(d / f"{name}.safetensors")
+        save_file(state, files[name])
+    return dict(lpips_weights=files["lpips"], fvd_weights=files["i3d"], fid_vid_weights=files["inception"],
+                fvd_window=2, fid_vid_pooling="frames")
+
+
+def expected_truth(video: str, size=(64, 64)) -> np.ndarray:
+    """The clip's frames at the render size, computed here independently: the whole 90x160 frame (the
+    crop) resized with area averaging to cover 64x64 (64x114), then the centre 64 rows."""
+    import cv2
+
+    from mimicmotion.video import read_frames
+
+    h, w = size
+    cover_h = math.ceil(w * H / W)
+    top = int(round((cover_h - h) / 2))
+    frames = read_frames(video, list(range(FRAMES)))
+    return np.stack([cv2.resize(f, (w, cover_h), interpolation=cv2.INTER_AREA)[top:top + h] for f in frames])
+
+
+def test_flow_scores_model_and_baselines(catalog, model, metric_weights, tmp_path):
+    import pyarrow.parquet as pq
+    from prefect.artifacts import Artifact
+
+    from flows.evaluate import evaluate
+    from mimicmotion.metrics import psnr, ssim
+
+    out = tmp_path / "eval"
+    result = evaluate(catalog=catalog["root"], out_dir=str(out), clip_ids=[catalog["clip_id"]],
+                      baselines=["copy_reference", "blank_pose"], device="cpu", artifact_key="eval-test",
+                      fvd_input_size=64, fid_input_size=96, **model, **RENDER, **metric_weights)
+
+    rows = pq.read_table(out / "clips.parquet").to_pylist()
+    assert [(r["clip_id"], r["method"], r["num_frames"]) for r in rows] == [
+        (catalog["clip_id"], m, FRAMES - 1) for m in ("mimicmotion", "copy_reference", "blank_pose")]
+    by_method = {r["method"]: r for r in rows}
+    assert rows == result["clips"]
+
+    # copy_reference: every frame is frame 0, scored against exactly frames 1..FRAMES-1 of the clip.
+    truth = expected_truth(catalog["video"])
+    copies = np.repeat(truth[:1], FRAMES - 1, axis=0)
+    copy = by_method["copy_reference"]
+    assert copy["psnr"] == pytest.approx(psnr(copies, truth[1:]), abs=1e-9)
+    assert copy["ssim"] == pytest.approx(ssim(copies, truth[1:]), abs=1e-9)
+    assert math.isfinite(copy["psnr"])  # frame 0 itself (identical: inf) is not scored
+
+    # The model and the blank-pose baseline render for real and differ (the pose input matters).
+    model_row, blank = by_method["mimicmotion"], by_method["blank_pose"]
+    for r in (model_row, blank, copy):
+        assert 0 < r["ssim"] <= 1 and math.isfinite(r["psnr"]) and r["lpips"] > 0
+    assert model_row["ssim"] != blank["ssim"] and model_row["psnr"] != blank["psnr"]
+    assert model_row["seconds"] > 0
+
+    summary = {r["method"]: r for r in pq.read_table(out / "summary.parquet").to_pylist()}
+    assert list(summary) == ["mimicmotion", "copy_reference", "blank_pose"]
+    for method, s in summary.items():
+        assert (s["clips"], s["frames"]) == (1, FRAMES - 1)
+        assert s["ssim"] == pytest.approx(by_method[method]["ssim"]) and s["lpips"] == pytest.approx(
+            by_method[method]["lpips"])
+        assert s["fvd"] > 0 and s["fid_vid"] > 0  # 2 FVD windows of 2 frames, 5 FID-VID frame samples
+
+    markdown = (out / "summary.md").read_text()
+    assert markdown == result["markdown"]
+    assert f"| copy_reference | 1 | {FRAMES - 1} | {copy['ssim']:.4f} | {copy['psnr']:.2f} |" in markdown
+    assert "| mimicmotion | 1 |" in markdown and "| blank_pose | 1 |" in markdown
+    artifact = Artifact.get("eval-test")
+    assert artifact is not None and artifact.data == markdown
+    meta = pq.read_schema(out / "clips.parquet").metadata[b"mimicmotion.evaluation"]
+    assert b'"resolution": 64' in meta
+
+    # A rerun reuses every finished (clip, method): nothing is rendered again, same rows.
+    import mimicmotion.render
+    from mimicmotion.evaluation import MetricWeights, evaluate as evaluate_library
+    from mimicmotion.render import RenderSettings
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("rendered again instead of reusing the finished result")
+
+    original = mimicmotion.render.generate
+    mimicmotion.render.generate = no_render
+    try:
+        settings = RenderSettings(resolution=64, tile_size=4, tile_overlap=2, num_inference_steps=1,
+                                  decode_chunk_size=8, seed=3)
+        weights = MetricWeights(lpips=metric_weights["lpips_weights"], fvd=metric_weights["fvd_weights"],
+                                fid_vid=metric_weights["fid_vid_weights"], fvd_window=2, fid_vid_pooling="frames",
+                                fvd_input_size=64, fid_input_size=96)
+        again = evaluate_library(catalog["root"], out, clip_ids=[catalog["clip_id"]], settings=settings,
+                                 weights=weights, device="cpu", **model)
+    finally:
+        mimicmotion.render.generate = original
+    assert again["clips"] == rows
+    assert [s["fvd"] for s in again["summary"]] == [summary[m]["fvd"] for m in summary]
+
+
+def test_cli_copy_reference_only(catalog, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from mimicmotion.evaluation import add_evaluate_command
+
+    parser = argparse.ArgumentParser()
+    add_evaluate_command(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cli"
+    args = parser.parse_args(["evaluate", "--catalog", catalog["root"], "--query", "training_clips",
+                              "--param", f"min_frames={FRAMES}", "--out", str(out), "--baselines", "copy_reference",
+                              "--no-model", "--resolution", "64", "--save-videos"])
+    assert args.func(args) == 0
+    rows = pq.read_table(out / "clips.parquet").to_pylist()
+    assert [(r["clip_id"], r["method"]) for r in rows] == [(catalog["clip_id"], "copy_reference")]
+    assert math.isnan(rows[0]["lpips"])
+    from mimicmotion.video import probe
+
+    video = probe(out / "videos" / f"{catalog['clip_id']}_copy_reference.mp4")
+    assert (video.num_frames, video.width, video.height) == (FRAMES - 1, 64, 64)
+    printed = capsys.readouterr().out
+    assert "| copy_reference | 1 |" in printed and str(out / "summary.md") in printed
+
+
+def test_bad_inputs_fail_before_any_work(catalog, model, tmp_path):
+    from mimicmotion.evaluation import MetricWeights, plan_evaluation
+
+    with pytest.raises(ConfigError, match="not in the catalog"):
+        plan_evaluation(catalog["root"], tmp_path, clip_ids=["0000000000000000-0000"], **model)
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        plan_evaluation(catalog["root"], tmp_path, clip_ids=[catalog["clip_id"]], baselines="copy_ref", **model)
+    with pytest.raises(ConfigError, match="need the model"):
+        plan_evaluation(catalog["root"], tmp_path, clip_ids=[catalog["clip_id"]])
+    with pytest.raises(ConfigError, match="one way"):
+        plan_evaluation(catalog["root"], tmp_path, clip_ids=[catalog["clip_id"]], query="training_clips", **model)
+    with pytest.raises(ConfigError, match="FVD.*not found.*pytorch-i3d"):
+        plan_evaluation(catalog["root"], tmp_path, clip_ids=[catalog["clip_id"]],
+                        weights=MetricWeights(fvd=str(tmp_path / "i3d.pt")), **model)
+    with pytest.raises(ConfigError, match="clip_id column"):
+        plan_evaluation(catalog["root"], tmp_path, sql="SELECT video_id FROM videos", **model)
+    sql = "SELECT clip_id FROM clips WHERE num_frames >= $n"
+    plan = plan_evaluation(catalog["root"], tmp_path, sql=sql, params={"n": FRAMES}, **model)
+    assert plan.clip_ids == [catalog["clip_id"]] and plan.methods == ["mimicmotion", "copy_reference", "blank_pose"]
+    with pytest.raises(ConfigError, match="no clips selected"):
+        plan_evaluation(catalog["root"], tmp_path, sql=sql, params={"n": FRAMES + 1}, **model)
