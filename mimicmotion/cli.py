@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mimicmotion.evaluation import add_evaluate_command
 
     add_evaluate_command(sub)
+
+    from mimicmotion.synthetic.cli import add_synth_command
+
+    add_synth_command(sub)
     return ap
 
 
