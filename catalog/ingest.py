@@ -24,7 +24,7 @@ import pyarrow as pa
 from catalog.schema import SCHEMA_VERSION, arrow_schema, column_names
 from catalog.store import commit_part, is_committed, read_table
 from mimicmotion.curation import (CurationSettings, VideoPlan, VideoRejected, detect_poses, file_sha256,
-                                  load_sidecar, plan_clips, sidecar_path)
+                                  load_sidecar, plan_clips, sample_sidecar, sidecar_path)
 from mimicmotion.errors import ConfigError, MimicMotionError, ModelFileError, PoseError, VideoError
 from mimicmotion.pose.layout import NUM_POINTS
 
@@ -93,7 +93,8 @@ def _error_kind(exc: BaseException) -> str:
 def _obtain_poses(path: Path, info, pose_source: str, estimator, settings: CurationSettings, batch_size: int):
     use_sidecar = pose_source == "sidecar" or (pose_source == "auto" and sidecar_path(path).is_file())
     if use_sidecar:
-        return "sidecar", load_sidecar(path, info.width, info.height, info.num_frames)
+        seq = load_sidecar(path, info.width, info.height, info.num_frames)
+        return "sidecar", sample_sidecar(seq, info.fps, settings.sample_stride, sidecar_path(path).name)
     if estimator is None:
         raise ConfigError(f"{path.name} needs DWPose (pose_source={pose_source!r}) but no pose estimator was given: "
                           "pass the DWPose model folder, or use sidecar pose files")

@@ -39,6 +39,7 @@ import numpy as np
 from mimicmotion.errors import ConfigError, MimicMotionError, PoseError
 from mimicmotion.pose.io import PoseSequence, load_poses
 from mimicmotion.pose.layout import BODY, FACE, LEFT_HAND, NUM_POINTS, RIGHT_HAND, VISIBLE_THRESHOLD
+from mimicmotion.video import effective_stride
 
 SIDECAR_SUFFIX = ".poses.parquet"
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
@@ -230,6 +231,27 @@ def load_sidecar(video_path, width: int, height: int, num_frames: int) -> PoseSe
     return PoseSequence(frames=list(seq.frames), width=width, height=height, fps=seq.fps,
                         source=str(video_path), source_frames=[int(s) for s in src],
                         sample_stride=seq.sample_stride)
+
+
+def sample_sidecar(seq: PoseSequence, fps: float, sample_stride: int, sidecar_name: str = "sidecar") -> PoseSequence:
+    """The sidecar's poses on the frames the release samples, so sidecar and DWPose curation make the same clips.
+
+    A sidecar with every frame (stride 1) is thinned to the frames ``sample_indices`` picks (stride
+    ``sample_stride * max(1, int(fps / 24))``); one already sampled at that stride is kept as it is. Any other
+    stride would mix frame spacings across the catalog, so it is a PoseError that says how to fix it.
+    """
+    stride = effective_stride(fps, sample_stride)
+    own = int(seq.sample_stride or 1)
+    if own == stride:
+        return seq
+    if own != 1:
+        raise PoseError(f"{sidecar_name} holds one frame in {own} but curation samples one in {stride} "
+                        f"(sample_stride {sample_stride} at {fps:g} fps): curate with --sample-stride matching it, "
+                        "or re-extract the sidecar with `mimicmotion pose VIDEO --sample-stride ...`")
+    keep = [i for i, src in enumerate(seq.source_frames) if src % stride == 0]
+    return PoseSequence(frames=[seq.frames[i] for i in keep], width=seq.width, height=seq.height,
+                        fps=(seq.fps / stride) if seq.fps else seq.fps, source=seq.source,
+                        source_frames=[seq.source_frames[i] for i in keep], sample_stride=stride)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -329,3 +329,21 @@ def test_overlay_pose_draws_over_a_dimmed_image():
     unlit = (out == 120).all(axis=-1)  # 200 * 0.6
     assert unlit.any() and not unlit.all()
     assert (overlay_pose(image, frame()) == 120).all()
+
+
+def test_sample_sidecar_thins_every_frame_sidecars_like_the_release():
+    from mimicmotion.curation import sample_sidecar
+
+    frames = [np.full((1, NUM_POINTS, 3), float(i)) for i in range(10)]
+    seq = PoseSequence(frames=frames, width=8, height=8, fps=48.0, source="v.mp4", source_frames=list(range(10)),
+                       sample_stride=1)
+    # 48 fps with sample_stride 2: stride 2 * int(48 / 24) = 4 -> frames 0, 4, 8 at 12 fps.
+    out = sample_sidecar(seq, 48.0, 2)
+    assert out.source_frames == [0, 4, 8] and out.sample_stride == 4 and out.fps == 12.0
+    assert [f[0, 0, 0] for f in out.frames] == [0.0, 4.0, 8.0]
+    assert sample_sidecar(seq, 24.0, 1) is seq  # already every frame
+    sparse = PoseSequence(frames=frames[::2], width=8, height=8, fps=12.0, source_frames=list(range(0, 10, 2)),
+                          sample_stride=2)
+    assert sample_sidecar(sparse, 24.0, 2) is sparse  # already at the curation stride
+    with pytest.raises(PoseError, match="one frame in 2 but curation samples one in 3"):
+        sample_sidecar(sparse, 24.0, 3)
