@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_catalog_commands(sub)
 
+    from mimicmotion.training.cli import add_train_command
+
+    add_train_command(sub)
+
     from mimicmotion.evaluation import add_evaluate_command
 
     add_evaluate_command(sub)
