@@ -10,6 +10,11 @@ Paths:
   unbatched   two batch-1 UNet calls per tile (unconditional, conditional)
   release     both guidance branches in one batch-2 call per tile (the released pipeline's loop)
   tiles       both branches and all tiles of a step in one call
+  channels_last   tiles + the UNet's and PoseNet's 2-D convolutions in NHWC
+  compiled    tiles + channels_last + torch.compile of the UNet (inductor cache in --compile-cache)
+  lean        memory-bounded: one tile per call, feed-forward chunking, model offload, PoseNet in chunks of 8
+Every path after the first also reports max_abs_diff: its output frames against the first path's (same
+seed, same inputs), so a speed-up is only counted when it keeps the result within float noise.
 """
 from __future__ import annotations
 
@@ -79,23 +84,54 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_path(pipe, path, frames, height, width, steps, tile, overlap, device):
+PATHS = ("unbatched", "release", "tiles", "channels_last", "compiled", "lean")
+
+
+def path_options(path, frames, tile, overlap, compile_cache=None):
+    """(pipeline call options, SpeedOptions) of a path."""
+    from mimicmotion.speed import SpeedOptions
+
+    all_tiles = len(tile_plan(frames, tile, overlap))
+    if path == "unbatched":
+        return dict(batch_guidance=False), SpeedOptions()
+    if path == "release":
+        return dict(batch_guidance=True), SpeedOptions()
+    if path == "tiles":
+        return dict(tiles_per_batch=all_tiles), SpeedOptions()
+    if path == "channels_last":
+        return dict(tiles_per_batch=all_tiles), SpeedOptions(channels_last=True)
+    if path == "compiled":
+        return dict(tiles_per_batch=all_tiles), SpeedOptions(channels_last=True, compile_unet=True,
+                                                             compile_cache_dir=compile_cache)
+    if path == "lean":
+        return dict(tiles_per_batch=1, pose_chunk_size=8, offload=True), SpeedOptions(forward_chunk_size=1)
+    raise SystemExit(f"unknown path {path!r}; use {', '.join(PATHS)}")
+
+
+def run_path(pipe, path, frames, height, width, steps, tile, overlap, device, compile_cache=None):
     from PIL import Image
 
+    from mimicmotion.speed import apply_speed_options, reset_speed_options
+
     image = Image.new("RGB", (width, height), (128, 100, 90))
-    pose = torch.rand(frames, 3, height, width) * 2 - 1
-    opts = {"unbatched": dict(batch_guidance=False), "release": dict(batch_guidance=True),
-            "tiles": dict(batch_guidance=True, tiles_per_batch=len(tile_plan(frames, tile, overlap)))}[path]
+    pose = torch.rand(frames, 3, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    opts, speed = path_options(path, frames, tile, overlap, compile_cache)
+    offload = opts.pop("offload", False)
+    reset_speed_options(pipe)
+    apply_speed_options(pipe, speed)
+    pipe.offload = offload
     if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     sync(device)
     t0 = time.perf_counter()
-    pipe(image, pose, height=height, width=width, tile_size=tile, tile_overlap=overlap, num_inference_steps=steps,
-         generator=torch.Generator("cpu").manual_seed(42), output_type="pt", device=device, **opts)
+    out = pipe(image, pose, height=height, width=width, tile_size=tile, tile_overlap=overlap, num_inference_steps=steps,
+               generator=torch.Generator("cpu").manual_seed(42), output_type="pt", device=device, **opts).frames
     sync(device)
     seconds = time.perf_counter() - t0
+    pipe.offload = False
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else None
-    return seconds, peak
+    return seconds, peak, out.float().cpu()
 
 
 def main(argv=None):
@@ -106,7 +142,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--tile-size", type=int, default=72)
     ap.add_argument("--tile-overlap", type=int, default=6)
-    ap.add_argument("--paths", nargs="+", default=["unbatched", "release", "tiles"])
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    ap.add_argument("--compile-cache", default=None, help="inductor cache folder for the compiled path")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny components (smoke test of this script)")
@@ -137,14 +174,18 @@ def main(argv=None):
         frame_forwards = sum(len(t) for t in tiles) * 2 * args.steps
         floor = flops_frame * frame_forwards / (peak_tflops * 1e12)
         out_frames = frames - 1
+        reference = None
         for path in args.paths:
-            seconds, peak = run_path(pipe, path, frames, args.height, args.width, args.steps, args.tile_size,
-                                     args.tile_overlap, args.device)
+            seconds, peak, out = run_path(pipe, path, frames, args.height, args.width, args.steps, args.tile_size,
+                                          args.tile_overlap, args.device, args.compile_cache)
+            diff = None if reference is None else float((out - reference).abs().max())
+            reference = out if reference is None else reference
             achieved = flops_frame * frame_forwards / seconds / 1e12
             row = dict(device=device_name, path=path, frames=frames, tiles=len(tiles), steps=args.steps,
                        dtype=args.dtype, seconds=round(seconds, 3), s_per_frame=round(seconds / out_frames, 4),
                        peak_vram_gib=None if peak is None else round(peak, 2), achieved_tflops=round(achieved, 1),
-                       floor_s_per_frame=round(floor / out_frames, 4), ratio_to_floor=round(seconds / floor, 2))
+                       floor_s_per_frame=round(floor / out_frames, 4), ratio_to_floor=round(seconds / floor, 2),
+                       max_abs_diff=diff)
             results.append(row)
             print(json.dumps(row))
     if args.json:

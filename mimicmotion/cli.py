@@ -159,15 +159,14 @@ def cmd_export(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
-    from mimicmotion.demo import run_demo
+    from mimicmotion.demo import format_outputs, hide_prefect_info, run_demo
 
-    out = run_demo(args.out, resolution=args.resolution, steps=args.steps, progress=not args.quiet)
-    print(f"reference      {out.reference}\n"
-          f"driving video  {out.driving_video} (with audio)\n"
-          f"driving poses  {out.driving_poses}\n"
-          f"pose video     {out.pose_video}\n"
-          f"model          {out.base_model} + {out.checkpoint}\n"
-          f"render         {out.render}")
+    if not args.verbose:
+        hide_prefect_info()  # the demo prints its own progress; flow logs stay in Prefect's database
+
+    out = run_demo(args.out, model_dir=args.model_dir, actors=args.actors, steps=args.steps, frames=args.frames,
+                   quick=args.quick, progress=not args.quiet)
+    print(format_outputs(out))
     return 0
 
 
@@ -224,11 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
     r.set_defaults(func=cmd_render)
 
-    d = sub.add_parser("demo", help="run the whole pose -> render path on a generated sample (CPU)")
-    d.add_argument("--out", default="out/demo", help="output folder")
-    d.add_argument("--resolution", type=int, default=128)
-    d.add_argument("--steps", type=int, default=4)
-    d.add_argument("--quiet", action="store_true")
+    from mimicmotion.demo import DEMO_ACTORS, DEMO_FRAMES, DEMO_STEPS, QUICK_FRAMES, QUICK_STEPS
+
+    d = sub.add_parser("demo", help="the main job on a generated sample: curate flow -> render flow on the demo "
+                                     "model with Ray actors (CPU, about a minute)")
+    d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    d.add_argument("--model-dir", default=None,
+                   help="demo model folder: base/ + mimicmotion-demo.safetensors (default: the one in the package)")
+    d.add_argument("--actors", type=int, default=DEMO_ACTORS,
+                   help=f"Ray actors that denoise (0 = in this process; default {DEMO_ACTORS})")
+    d.add_argument("--steps", type=int, default=None,
+                   help=f"denoising steps (default {DEMO_STEPS}; {QUICK_STEPS} with --quick)")
+    d.add_argument("--frames", type=int, default=None, help=f"driving clip frames at 24 fps (default {DEMO_FRAMES}; "
+                                                           f"{QUICK_FRAMES} with --quick); every second one is rendered")
+    d.add_argument("--quick", action="store_true",
+                   help=f"the short run CI uses: {QUICK_FRAMES} frames, {QUICK_STEPS} steps")
+    d.add_argument("--quiet", action="store_true", help="print only where the outputs are")
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("export-checkpoint", help="convert a .pth checkpoint to safetensors (same keys)")

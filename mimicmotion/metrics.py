@@ -201,3 +201,26 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 def feature_frechet_distance(features_a, features_b) -> float:
     """Fréchet distance between Gaussian fits of two feature sets (N_a, D) and (N_b, D) (FID, FVD)."""
     return frechet_distance(*gaussian_fit(features_a), *gaussian_fit(features_b))
+
+
+def frame_differences(video) -> np.ndarray:
+    """Mean absolute difference between consecutive frames: (F-1,) for a (F, H, W[, C]) video."""
+    v = np.asarray(video, np.float64)
+    if v.ndim < 3 or len(v) < 2:
+        raise ConfigError(f"frame differences need a video of at least 2 frames, got shape {v.shape}")
+    return np.abs(np.diff(v, axis=0)).reshape(len(v) - 1, -1).mean(axis=1)
+
+
+def seam_ratio(video, transitions) -> float:
+    """Mean frame-to-frame difference at ``transitions`` (indices t: frame t-1 -> t) over the mean at every
+    other transition; 1 = no visible seam, above 1 = jumps at those frames."""
+    diffs = frame_differences(video)
+    at = sorted({int(t) - 1 for t in transitions})
+    if not at or at[0] < 0 or at[-1] >= len(diffs):
+        raise ConfigError(f"transitions must be within 1..{len(diffs)}, got {list(transitions)}")
+    mask = np.zeros(len(diffs), bool)
+    mask[at] = True
+    if mask.all():
+        raise ConfigError("every transition is a seam transition: nothing to compare with")
+    rest = diffs[~mask].mean()
+    return float(diffs[mask].mean() / rest) if rest > 0 else float("inf")

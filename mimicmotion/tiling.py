@@ -7,6 +7,7 @@ counts more than one at its edge.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from mimicmotion.errors import ConfigError
@@ -69,3 +70,29 @@ def fuse_tile_outputs(tile_outputs, tiles, weights: torch.Tensor, num_frames: in
     if bool((count == 0).any()):
         raise ValueError("tile plan leaves frames uncovered")
     return fused.div_(count[:, None, None, None])
+
+
+def blend_segments(segment_frames, tiles, num_frames: int) -> np.ndarray:
+    """The naive alternative to progressive fusion: tiles rendered as independent videos, blended once in
+    pixel space with the same triangular weights. ``segment_frames[k]``: float or uint8 (len(tiles[k]), H, W, C)
+    for the frames of ``tiles[k]``. Returns float32 (num_frames, H, W, C); frames no tile covers stay 0."""
+    first = np.asarray(segment_frames[0])
+    out = np.zeros((num_frames, *first.shape[1:]), np.float64)
+    total = np.zeros(num_frames, np.float64)
+    for idx, frames in zip(tiles, segment_frames):
+        frames = np.asarray(frames, np.float64)
+        if len(frames) != len(idx):
+            raise ConfigError(f"a segment has {len(frames)} frames for a tile of {len(idx)}")
+        w = tile_weights(len(idx)).double().numpy()
+        out[idx] += frames * w[:, None, None, None]
+        total[idx] += w
+    covered = total > 0
+    out[covered] /= total[covered][:, None, None, None]
+    return out.astype(np.float32)
+
+
+def segment_boundaries(tiles, num_frames: int) -> list[int]:
+    """Frames t >= 2 where the set of tiles covering frame t differs from that of frame t-1: where
+    independently rendered segments would show a seam (frame 0, the reference, is in every tile)."""
+    cover = [frozenset(k for k, idx in enumerate(tiles) if f in idx) for f in range(num_frames)]
+    return [t for t in range(2, num_frames) if cover[t] != cover[t - 1]]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mimicmotion.errors import ConfigError, ModelFileError
@@ -271,4 +271,7 @@ def publish_artifacts_task(summary: TrainSummary, key: str = SUMMARY_ARTIFACT_KE
     rows = read_csv_rows(Path(summary.run_dir) / METRICS_FILE)
     markdown = summary_markdown(summary, rows)
     create_markdown_artifact(markdown=markdown, key=key, description="MimicMotion training run")
+    if summary.loss_curve:
+        create_image_artifact(Path(summary.loss_curve).resolve().as_uri(), key=f"{key}-loss-curve",
+                              description="training loss curve")
     return markdown

@@ -205,12 +205,3 @@ def test_export_checkpoint(model, tmp_path, capsys):
     assert main(["export-checkpoint", str(model[1]), "--out", str(out)]) == 0
     a, b = load_file(model[1]), load_file(out)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-
-
-def test_demo_main_job(tmp_path, capsys):
-    from mimicmotion.demo import run_demo
-
-    out = run_demo(tmp_path / "demo", resolution=64, steps=1, num_frames=24, progress=False)
-    render, pose = probe(out.render), probe(out.pose_video)
-    assert render.num_frames == pose.num_frames == 12
-    assert render.has_audio

@@ -359,3 +359,19 @@ def test_torchscript_video_network(tmp_path):
     np.testing.assert_allclose(extractor(video), expected, rtol=1e-6)
     with pytest.raises(ConfigError, match="TorchScript file, not a state dict"):
         fn.load_i3d(path)
+
+
+def test_frame_differences_and_seam_ratio():
+    from mimicmotion.metrics import frame_differences, seam_ratio
+
+    video = np.zeros((6, 2, 2))
+    for t in range(6):
+        video[t] = t  # steady motion: 1 per frame
+    video[4:] += 3  # a jump entering frame 4
+    assert frame_differences(video).tolist() == [1, 1, 1, 4, 1]
+    assert seam_ratio(video, [4]) == pytest.approx(4.0)
+    assert seam_ratio(video, [2]) == pytest.approx(1 / ((1 + 1 + 4 + 1) / 4))
+    with pytest.raises(ConfigError):
+        seam_ratio(video, [6])
+    with pytest.raises(ConfigError):
+        frame_differences(video[:1])

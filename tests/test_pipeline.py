@@ -230,3 +230,47 @@ def test_bfloat16_pipeline_runs_close_to_float32():
     out = run(p16, 5, output_type="pt")
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert (out - ref).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("options", [
+    dict(channels_last=True),
+    dict(forward_chunk_size=1),
+    dict(channels_last=True, forward_chunk_size=2),
+])
+def test_speed_options_stay_within_float_noise(pipe, options):
+    from mimicmotion.speed import SpeedOptions, apply_speed_options, reset_speed_options
+
+    base = run(pipe, 7)
+    apply_speed_options(pipe, SpeedOptions(**options))
+    try:
+        if options.get("channels_last"):
+            conv = pipe.unet.conv_in.weight
+            assert conv.is_contiguous(memory_format=torch.channels_last)
+        fast = run(pipe, 7, tiles_per_batch=2)
+    finally:
+        reset_speed_options(pipe)
+    assert pipe.unet.conv_in.weight.is_contiguous()
+    assert torch.allclose(base, fast, atol=1e-5), (base - fast).abs().max()
+
+
+def test_compiled_unet_matches_eager():
+    """torch.compile wiring on the tiny model (the eager backend: what compiling changes is checked on GPU
+    by benchmarks/render_gpu.py, which records each path's difference to the release path)."""
+    from mimicmotion.speed import SpeedOptions, apply_speed_options
+
+    p = MimicMotionPipeline(**tiny_components(seed=0))
+    p.set_progress_bar_config(disable=True)
+    base = run(p, 5)
+    apply_speed_options(p, SpeedOptions(compile_unet=True, compile_backend="eager"))
+    apply_speed_options(p, SpeedOptions(compile_unet=True, compile_backend="eager"))  # idempotent
+    assert p.unet._compiled_call_impl is not None
+    assert torch.allclose(base, run(p, 5), atol=1e-6)
+
+
+def test_bad_speed_options():
+    from mimicmotion.speed import SpeedOptions
+
+    with pytest.raises(ConfigError, match="forward_chunk_size"):
+        SpeedOptions(forward_chunk_size=0).validate()
+    with pytest.raises(ConfigError, match="compile_unet"):
+        SpeedOptions(compile_mode="max-autotune").validate()

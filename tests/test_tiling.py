@@ -83,3 +83,31 @@ def test_single_tile_fusion_is_identity():
     out = torch.randn(2, 7, 4, 3, 3)
     fused = fuse_tile_outputs([out], tile_plan(7, 16, 4), tile_weights(7), 7)
     assert torch.allclose(fused, out, atol=1e-6)
+
+
+def test_segment_boundaries_are_where_tile_cover_changes():
+    from mimicmotion.tiling import segment_boundaries
+
+    tiles = tile_plan(12, 8, 2)  # [0..7], [0, 5..11]
+    # frames 5-7 are in both tiles: cover changes entering frame 5 and leaving 7
+    assert segment_boundaries(tiles, 12) == [5, 8]
+    assert segment_boundaries(tile_plan(8, 8, 2), 8) == []
+
+
+def test_blend_segments_weights_overlap_triangularly():
+    import numpy as np
+
+    from mimicmotion.tiling import blend_segments, tile_weights
+
+    tiles = tile_plan(12, 8, 2)
+    a = np.full((8, 1, 1, 1), 10.0)
+    b = np.full((8, 1, 1, 1), 20.0)
+    out = blend_segments([a, b], tiles, 12)[:, 0, 0, 0]
+    w = tile_weights(8).double().numpy()
+    assert out[1] == 10.0 and out[11] == 20.0
+    # frame 6: position 6 in tile 0, position 2 in tile 1
+    assert out[6] == pytest.approx((10 * w[6] + 20 * w[2]) / (w[6] + w[2]))
+    # frame 0 (the reference) is in both tiles at position 0
+    assert out[0] == pytest.approx(15.0)
+    with pytest.raises(ConfigError):
+        blend_segments([a[:3], b], tiles, 12)

@@ -1,0 +1,111 @@
+"""Prefect flow `demo_model`: how the shipped demo model is made, end to end, with this project's own tools.
+
+    python flows/demo_model.py --work /tmp/demo-build --vae-steps 3000 --train-steps 2400 --workers 2
+
+synthetic dancers (train/test split) -> `curate` flow (sidecar poses) -> VAE pre-training on the training
+frames -> base folder + random UNet/PoseNet -> `train` flow (Ray Train workers) -> `evaluate` flow on the
+test split against the two baselines -> (with --ship) the weights and model card into
+mimicmotion/assets/demo_model/. Every stage writes into ``work`` and is skipped when its output exists,
+so a re-run resumes (training itself resumes from its latest checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from mimicmotion import demo_model as dm  # noqa: E402
+
+
+@task(name="pretrain-vae", cache_policy=NO_CACHE)
+def pretrain_vae_task(synth_dir: str, out_dir: str, steps: int, seed: int) -> dict:
+    import torch
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    out = Path(out_dir)
+    if (out / "config.json").is_file():
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(out)
+        return json.loads((out / "metrics.json").read_text())
+    torch.manual_seed(seed)
+    frames = dm.collect_frames(sorted(Path(synth_dir, "train").glob("*.mp4")))
+    held = dm.collect_frames(sorted(Path(synth_dir, "test").glob("*.mp4")), every=40)
+    vae = dm.demo_components(seed)["vae"]
+    start = time.perf_counter()
+    metrics = dm.pretrain_vae(vae, frames, held_out=held, steps=steps, seed=seed, batch_size=8, lr=5e-4, crop=64,
+                              log=lambda m: get_run_logger().info("vae %s", m))
+    metrics["scaling_factor"] = dm.set_scaling_factor(vae, metrics["latent_std"])
+    metrics.update(frames=int(len(frames)), seconds=time.perf_counter() - start)
+    tmp = out.with_name(out.name + ".tmp")
+    vae.save_pretrained(tmp)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tmp.replace(out)
+    return metrics
+
+
+@flow(name="demo_model", log_prints=True)
+def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 3000, train_steps: int = 2400,
+               workers: int = 2, lr: float = 2e-4, eval_steps: int = 10, eval_clips: int = 16, eval_frames: int = 16,
+               ship: bool = False) -> dict:
+    from flows.curate import curate
+    from flows.evaluate import evaluate
+    from flows.train import train
+    from mimicmotion.synthetic import generate_dataset
+
+    root = Path(work)
+    synth, catalog = root / "synth", root / "catalog"
+    generate_dataset(synth, videos, seed=seed, width=dm.DEMO_WIDTH, height=dm.DEMO_HEIGHT, num_frames=96)
+    curate(inputs=[str(synth / "train"), str(synth / "test")], catalog=str(catalog), pose_source="sidecar",
+           sample_stride=2, clip_length=24, min_clip_length=dm.DEMO_TILE_SIZE + 1, aspect="2:3",
+           resolution=dm.DEMO_RESOLUTION, contact_sheet_tiles=12)
+    vae_metrics = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed)
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    base, init = dm.build_initial_model(root / "init", AutoencoderKLTemporalDecoder.from_pretrained(root / "vae"), seed)
+    train_sql, train_params = dm.split_sql("train")
+    run = train(catalog=str(catalog), base_model=str(base), checkpoint=str(init), run_dir=str(root / "run"),
+                workers=workers, steps=train_steps, sql=train_sql, query_params=train_params, torch_threads=1,
+                config=dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed))
+    test_sql, test_params = dm.split_sql("test", first_clip_only=True, limit=eval_clips)
+    scores = evaluate(catalog=str(catalog), out_dir=str(root / "eval"), base_model=str(base),
+                      checkpoint=run["model"], sql=test_sql, params=test_params,
+                      baselines=["copy_reference", "blank_pose"], resolution=dm.DEMO_RESOLUTION,
+                      tile_size=dm.DEMO_TILE_SIZE, tile_overlap=dm.DEMO_TILE_OVERLAP, steps=eval_steps, seed=seed,
+                      max_frames=eval_frames, device="cpu")
+    summary = dict(vae=vae_metrics, train=run, evaluation=scores.get("summary", scores))
+    (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if ship:
+        card = dm.model_card(summary)
+        dm.ship_model(base, run["model"], card)
+    return summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="build the demo model (flow `demo_model`)")
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--videos", type=int, default=160)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, default=3000)
+    ap.add_argument("--train-steps", type=int, default=2400)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--eval-steps", type=int, default=10, help="denoising steps of the evaluation renders")
+    ap.add_argument("--eval-clips", type=int, default=16, help="test clips evaluated (one per test video)")
+    ap.add_argument("--eval-frames", type=int, default=16, help="frames per evaluated clip (reference included)")
+    ap.add_argument("--ship", action="store_true", help="copy the result into mimicmotion/assets/demo_model/")
+    args = ap.parse_args(argv)
+    summary = demo_model(args.work, args.videos, args.seed, args.vae_steps, args.train_steps, args.workers, args.lr,
+                         eval_steps=args.eval_steps, eval_clips=args.eval_clips, eval_frames=args.eval_frames,
+                         ship=args.ship)
+    print(json.dumps(summary.get("evaluation"), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The project's small demo model: architecture, VAE pre-training, and the files `load_pipeline` reads.
+
+Every component is the class the real model uses (SVD UNet with pose injection, temporal-decoder VAE with
+8x down-sampling, CLIP vision model with projection, PoseNet, SVD-xt's Euler scheduler), sized to train from
+scratch on a CPU and to render 128x192 (portrait 9:16-ish) clips in seconds. Its recipe:
+
+1. generate procedural dancers (`mimicmotion.synthetic`) and curate them with the `curate` flow (sidecars);
+2. pre-train the VAE as a frame autoencoder on those frames (`pretrain_vae`; SVD's VAE comes pre-trained,
+   a from-scratch model has to learn one), then set its ``scaling_factor`` so latents have unit variance;
+3. train UNet + PoseNet with the `train` flow (SPEC 7), VAE and CLIP frozen. The CLIP image encoder stays
+   at its random initialisation: a fixed random projection of the reference still tells references apart,
+   and the reference's appearance reaches the UNet mainly through the image latent.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from mimicmotion.errors import ConfigError
+from mimicmotion.tiny import TINY_CLIP_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG
+
+DEMO_RESOLUTION = 128  # short side; the render's output size rule makes portrait frames 128 x 192
+DEMO_HEIGHT, DEMO_WIDTH = 192, 128
+DEMO_TILE_SIZE = 8  # frames per tile, the reference included; training clips are the reference + 7 frames
+DEMO_TILE_OVERLAP = 2
+
+DEMO_UNET_CONFIG = dict(
+    TINY_UNET_CONFIG,
+    block_out_channels=(64, 128),
+    num_attention_heads=(2, 4),
+    num_frames=DEMO_TILE_SIZE,
+)
+DEMO_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=(64, 64, 64, 64))
+DEMO_CLIP_CONFIG = dict(TINY_CLIP_CONFIG)
+
+# Training from scratch (not SVD fine-tuning): a larger learning rate, a short warm-up, and a noise-level
+# distribution centred lower and wider than SVD's N(1.6, 0.7) so a small model also learns the low-noise
+# steps that shape details. No mixed precision on CPU.
+DEMO_TRAIN_CONFIG = dict(
+    num_frames=DEMO_TILE_SIZE - 1, height=DEMO_HEIGHT, width=DEMO_WIDTH, batch_size=1, lr=2e-4, warmup_steps=100,
+    log_sigma_mean=0.7, log_sigma_std=1.6, checkpoint_every=200, keep_checkpoints=2, validate_every=0,
+    ema_decay=None,
+)
+
+# Component seeds are offsets of the caller's seed (the same component whatever else is built).
+_SEED_OFFSETS = {"unet": 0, "vae": 1, "image_encoder": 2, "pose_net": 3}
+
+
+def _seeded(seed: int, component: str, build: Callable):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + _SEED_OFFSETS[component])
+        return build()
+
+
+def demo_components(seed: int = 0) -> dict:
+    """The six pipeline components of the demo architecture, randomly initialised (same seed, same weights)."""
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from mimicmotion.models.pose_net import PoseNet
+    from mimicmotion.models.unet import PoseConditionedUNet
+    from mimicmotion.tiny import SVD_XT_SCHEDULER_CONFIG, clip_feature_extractor
+
+    unet_config = dict(DEMO_UNET_CONFIG, sample_size=DEMO_HEIGHT // 8)
+    unet = _seeded(seed, "unet", lambda: PoseConditionedUNet(**unet_config))
+    vae = _seeded(seed, "vae", lambda: AutoencoderKLTemporalDecoder(**DEMO_VAE_CONFIG, sample_size=DEMO_HEIGHT))
+    image_encoder = _seeded(seed, "image_encoder",
+                            lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**DEMO_CLIP_CONFIG)))
+    pose_net = _seeded(seed, "pose_net", lambda: PoseNet(noise_latent_channels=unet.config.block_out_channels[0]))
+    return dict(vae=vae.eval(), image_encoder=image_encoder.eval(), unet=unet.eval(),
+                scheduler=EulerDiscreteScheduler.from_config(SVD_XT_SCHEDULER_CONFIG),
+                feature_extractor=clip_feature_extractor(), pose_net=pose_net.eval())
+
+
+# ---------------------------------------------------------------------------------------------- VAE
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ConfigError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def vae_reconstruct(vae, images: torch.Tensor, sample: bool = False,
+                    generator: Optional[torch.Generator] = None) -> tuple:
+    """(reconstruction, posterior) of images (N, 3, H, W) in [-1, 1], each frame decoded on its own."""
+    posterior = vae.encode(images).latent_dist
+    latents = posterior.sample(generator) if sample else posterior.mode()
+    recon = vae.decode(latents, num_frames=1).sample
+    return recon, posterior
+
+
+def psnr_of(recon: torch.Tensor, images: torch.Tensor) -> float:
+    """PSNR in dB of [-1, 1] images (data range 2)."""
+    mse = float(((recon.clamp(-1, 1) - images) ** 2).mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(4.0 / mse)
+
+
+def random_crops(images: torch.Tensor, size: Optional[int], generator: torch.Generator) -> torch.Tensor:
+    """One random ``size`` x ``size`` window of the batch, on the 8-pixel latent grid (None: whole images)."""
+    if size is None:
+        return images
+    h, w = images.shape[-2:]
+    y = int(torch.randint(0, (h - size) // 8 + 1, (1,), generator=generator)) * 8
+    x = int(torch.randint(0, (w - size) // 8 + 1, (1,), generator=generator)) * 8
+    return images[..., y:y + size, x:x + size]
+
+
+def make_posterior_deterministic(vae, log_variance: float = -20.0) -> None:
+    """Fix the encoder's log-variance output at ``log_variance`` (std 4.5e-5 at -20): a sample is then the mode.
+
+    A from-scratch VAE trained briefly has not learnt to shrink its posterior variance; without this, the
+    latents a trainer samples (``latent_dist.sample()``, as SVD fine-tuning does) would carry unit noise.
+    The log-variance half of ``quant_conv`` becomes a constant."""
+    channels = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[channels:] = 0.0
+        vae.quant_conv.bias[channels:] = log_variance
+    vae.quant_conv.weight.register_hook(lambda g: torch.cat([g[:channels], torch.zeros_like(g[channels:])]))
+    vae.quant_conv.bias.register_hook(lambda g: torch.cat([g[:channels], torch.zeros_like(g[channels:])]))
+
+
+def pretrain_vae(vae, frames: np.ndarray, *, steps: int = 2000, batch_size: int = 16, lr: float = 1e-3,
+                 kl_weight: float = 1e-6, crop: Optional[int] = 64, warmup_steps: int = 100, seed: int = 0,
+                 held_out: Optional[np.ndarray] = None, log_every: int = 100,
+                 log: Optional[Callable[[dict], None]] = None) -> dict:
+    """Train ``vae`` (in place) as a frame autoencoder: L1 + MSE reconstruction with a small KL term.
+
+    ``frames``: uint8 (N, H, W, 3) training frames; ``held_out``: frames to report PSNR on. The model is
+    convolutional, so it trains on random ``crop`` x ``crop`` windows (a multiple of 8; None = whole frames),
+    several times cheaper than whole frames on a CPU. Batches are drawn with a generator seeded by ``seed``
+    (deterministic on CPU); the learning rate warms up linearly over ``warmup_steps`` then follows a
+    cosine to zero. Returns the final metrics, including the latent standard deviation the
+    ``scaling_factor`` is set from (see ``set_scaling_factor``).
+    """
+    if steps < 1 or batch_size < 1:
+        raise ConfigError(f"steps and batch_size must be >= 1 (got {steps}, {batch_size})")
+    if crop is not None and (crop % 8 or crop < 8 or crop > min(frames.shape[1:3])):
+        raise ConfigError(f"VAE crop must be a multiple of 8 no larger than the frames (got {crop} for "
+                          f"{frames.shape[2]}x{frames.shape[1]} frames)")
+    make_posterior_deterministic(vae)
+    data = frames_to_tensor(frames)
+    check = frames_to_tensor(held_out) if held_out is not None and len(held_out) else data[:16]
+    rng = torch.Generator().manual_seed(seed)
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    start = time.perf_counter()
+    metrics: dict = {}
+    for step in range(1, steps + 1):
+        idx = torch.randint(len(data), (batch_size,), generator=rng)
+        images = random_crops(data[idx], crop, rng)
+        recon, posterior = vae_reconstruct(vae, images, sample=False)
+        rec = (recon - images).abs().mean() + ((recon - images) ** 2).mean()
+        # Only the latent mean is learnt: the KL term keeps latents near unit scale.
+        kl = (posterior.mean ** 2).mean()
+        loss = rec + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps:
+            metrics = dict(step=step, loss=loss.item(), rec=rec.item(), kl=kl.item(), lr=sched.get_last_lr()[0],
+                           seconds=time.perf_counter() - start)
+            if step == steps or step % (log_every * 5) == 0:
+                metrics["held_out_psnr"] = evaluate_vae(vae, check)["psnr"]
+                vae.train()
+            if log is not None:
+                log(metrics)
+    vae.eval()
+    metrics.update(evaluate_vae(vae, check))
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_vae(vae, images: torch.Tensor, batch_size: int = 16) -> dict:
+    """Reconstruction PSNR (dB) and the latents' standard deviation (posterior modes) on images in [-1, 1]."""
+    vae.eval()
+    recons, latents = [], []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        posterior = vae.encode(chunk).latent_dist
+        latents.append(posterior.mode())
+        recons.append(vae.decode(posterior.mode(), num_frames=1).sample)
+    recon = torch.cat(recons)
+    return dict(psnr=psnr_of(recon, images), latent_std=float(torch.cat(latents).std()))
+
+
+def set_scaling_factor(vae, latent_std: float) -> float:
+    """Give the VAE the scaling factor that makes its scaled latents unit-variance (as SD/SVD did: 0.18215)."""
+    if not latent_std > 0:
+        raise ConfigError(f"latent standard deviation must be positive (got {latent_std})")
+    factor = float(f"{1.0 / latent_std:.5f}")
+    vae.register_to_config(scaling_factor=factor)
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------- files
+def save_demo_model(directory, components: dict, *, card: Optional[dict] = None) -> tuple:
+    """Write ``components`` as load_pipeline reads them: ``directory/base/`` (diffusers SVD layout, VAE and CLIP
+    weights, UNet config) and ``directory/mimicmotion-demo.safetensors`` (unet.* + pose_net.*). ``card``: extra
+    facts written to ``directory/training.json``. Returns (base_dir, checkpoint_path)."""
+    from mimicmotion.loading import save_checkpoint
+    from mimicmotion.tiny import save_base_folder
+
+    out = Path(directory)
+    base = save_base_folder(out / "base", components)
+    checkpoint = save_checkpoint({"unet": components["unet"], "pose_net": components["pose_net"]},
+                                 out / "mimicmotion-demo.safetensors")
+    if card is not None:
+        tmp = out / ".training.json.tmp"
+        tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        tmp.replace(out / "training.json")
+    return base, checkpoint
+
+
+# The shipped demo model: package data, so `pip install` carries it.
+SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "demo_model"
+SHIPPED_CHECKPOINT = "mimicmotion-demo.safetensors"
+
+
+def demo_model_paths(directory=None) -> tuple:
+    """(base_dir, checkpoint) of the demo model in ``directory`` (default: the one shipped in the package)."""
+    from mimicmotion.errors import ModelFileError
+
+    folder = Path(directory) if directory is not None else SHIPPED_DIR
+    base, checkpoint = folder / "base", folder / SHIPPED_CHECKPOINT
+    if not (base / "model_index.json").is_file() or not checkpoint.is_file():
+        raise ModelFileError(f"no demo model in {folder} (expected base/model_index.json and {SHIPPED_CHECKPOINT}); "
+                             "reinstall the package, or build one with flows/demo_model.py")
+    return base, checkpoint
+
+
+# ---------------------------------------------------------------------------------------------- recipe steps
+def collect_frames(video_paths, every: int = 6) -> np.ndarray:
+    """Every ``every``-th frame of each video, stacked: the VAE's training frames (uint8 (N, H, W, 3))."""
+    from mimicmotion.video import probe, read_frames
+
+    chunks = []
+    for path in video_paths:
+        n = probe(path).num_frames
+        chunks.append(read_frames(path, list(range(0, n, every))))
+    if not chunks:
+        raise ConfigError("no videos to collect VAE training frames from: generate the synthetic set first")
+    return np.concatenate(chunks)
+
+
+def build_initial_model(out_dir, vae, seed: int = 0) -> tuple:
+    """The starting point of UNet training: a base folder holding the pre-trained ``vae`` (frozen from now on),
+    the random CLIP encoder and the UNet config, plus a checkpoint with the random UNet and fresh PoseNet."""
+    components = demo_components(seed)
+    components["vae"] = vae.eval()
+    return save_demo_model(out_dir, components)
+
+
+def split_sql(split: str, first_clip_only: bool = False, limit: Optional[int] = None) -> tuple:
+    """(SQL, params) selecting the catalog clips of one split of a synthetic dataset (``train``/``test``).
+
+    ``first_clip_only``: one clip per video (its first), so an evaluation does not count a video twice;
+    ``limit``: at most that many clips (in clip-id order, a fixed pseudo-random choice of videos)."""
+    if split not in ("train", "test"):
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    sql = ("SELECT c.clip_id FROM clips c JOIN videos v USING (video_id) "
+           "WHERE v.status = 'ok' AND v.source_path LIKE $pattern")
+    params: dict = {"pattern": f"%/{split}/%"}
+    if first_clip_only:
+        sql += " AND c.clip_index = 0"
+    sql += " ORDER BY c.clip_id"
+    if limit is not None:
+        sql += " LIMIT $limit"
+        params["limit"] = limit
+    return sql, params
+
+
+def ship_model(base_dir, checkpoint, card_markdown: str, target=None) -> Path:
+    """Copy a trained model (base folder + checkpoint) and its model card into the package's shipped folder,
+    replacing the previous one in one rename."""
+    import shutil
+
+    target = Path(target) if target is not None else SHIPPED_DIR
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(base_dir, tmp / "base", ignore=shutil.ignore_patterns(".*"))
+    shutil.copy2(checkpoint, tmp / SHIPPED_CHECKPOINT)
+    (tmp / "MODEL_CARD.md").write_text(card_markdown)
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        target.replace(old)
+    tmp.replace(target)
+    if old.exists():
+        shutil.rmtree(old)
+    return target
+
+
+def model_card(summary: dict) -> str:
+    """The shipped model's card: data, recipe, time and measured results (from the demo_model flow's summary)."""
+    vae, run, evaluation = summary.get("vae", {}), summary.get("train", {}), summary.get("evaluation", {})
+    lines = [
+        "# MimicMotion demo model", "",
+        "A small model with the real architecture (SVD UNet with PoseNet, temporal-decoder VAE, CLIP vision",
+        "encoder), trained from scratch by this project on procedural dancers (`mimicmotion.synthetic`) with",
+        "its own curate and train flows (`flows/demo_model.py`). It renders 128x192 portrait clips on a CPU.",
+        "It knows only the synthetic figures: it is a working demonstration of the pipeline, not a model for",
+        "real people.", "",
+        "## Recipe", "",
+        f"- VAE: {json.dumps({k: vae.get(k) for k in ('frames', 'psnr', 'scaling_factor', 'seconds')})}",
+        f"- UNet + PoseNet: {json.dumps({k: run.get(k) for k in ('steps', 'workers', 'clips', 'wall_s')}, default=str)}",
+        f"- Config: {json.dumps(DEMO_TRAIN_CONFIG)}",
+        "- CLIP image encoder: random initialisation, frozen (see mimicmotion/demo_model.py).", "",
+        "## Results on the test split", "", "```", json.dumps(evaluation, indent=2, default=str), "```", "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""The demo model's recipe pieces: architecture, VAE pre-training, files, split selection, shipping."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mimicmotion import demo_model as dm
+from mimicmotion.errors import ConfigError, ModelFileError
+
+
+def _frames(n=6, h=64, w=64, seed=0):
+    """Flat-coloured blocks: easy for a small autoencoder to start learning."""
+    rng = np.random.default_rng(seed)
+    frames = np.zeros((n, h, w, 3), np.uint8)
+    for i in range(n):
+        frames[i] = rng.integers(0, 255, 3)
+        y, x = rng.integers(0, h // 2, 2)
+        frames[i, y:y + h // 2, x:x + w // 2] = rng.integers(0, 255, 3)
+    return frames
+
+
+def test_components_are_seeded_and_shaped():
+    a, b = dm.demo_components(seed=3), dm.demo_components(seed=3)
+    for name in ("unet", "vae", "image_encoder", "pose_net"):
+        sa, sb = a[name].state_dict(), b[name].state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    assert a["unet"].config.block_out_channels == (64, 128) or list(a["unet"].config.block_out_channels) == [64, 128]
+    assert a["unet"].config.num_frames == dm.DEMO_TILE_SIZE
+    # PoseNet's output width is the UNet's first block (its features are added to conv_in's output).
+    assert a["pose_net"].final_proj.out_channels == a["unet"].config.block_out_channels[0]
+    # 8x spatial down-sampling, as SVD: latents of a 192x128 frame are 24x16.
+    with torch.no_grad():
+        z = a["vae"].encode(torch.zeros(1, 3, dm.DEMO_HEIGHT, dm.DEMO_WIDTH)).latent_dist.mode()
+    assert z.shape == (1, 4, dm.DEMO_HEIGHT // 8, dm.DEMO_WIDTH // 8)
+
+
+def test_frames_to_tensor_range_and_errors():
+    t = dm.frames_to_tensor(np.array([[[[0, 255, 127]]]], np.uint8))
+    assert t.shape == (1, 3, 1, 1)
+    assert t[0, 0, 0, 0] == -1 and t[0, 1, 0, 0] == 1
+    with pytest.raises(ConfigError, match="uint8"):
+        dm.frames_to_tensor(np.zeros((1, 4, 4, 3), np.float32))
+
+
+def test_psnr_of():
+    x = torch.zeros(1, 3, 4, 4)
+    assert dm.psnr_of(x, x) == math.inf
+    # error 0.2 everywhere on a range of 2: 10 log10(4 / 0.04) = 20 dB
+    assert dm.psnr_of(x + 0.2, x) == pytest.approx(20.0)
+
+
+def test_random_crops_on_latent_grid():
+    images = torch.arange(2 * 3 * 32 * 48, dtype=torch.float32).reshape(2, 3, 32, 48)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        crop = dm.random_crops(images, 16, g)
+        assert crop.shape == (2, 3, 16, 16)
+        y, x = divmod(int(crop[0, 0, 0, 0]), 48)
+        assert y % 8 == 0 and x % 8 == 0
+        assert torch.equal(crop, images[..., y:y + 16, x:x + 16])
+    assert dm.random_crops(images, None, g) is images
+
+
+def test_posterior_made_deterministic_stays_so_under_training():
+    vae = _tiny_vae()
+    dm.make_posterior_deterministic(vae)
+    images = dm.frames_to_tensor(_frames(2))
+    posterior = vae.encode(images).latent_dist
+    assert torch.allclose(posterior.logvar, torch.full_like(posterior.logvar, -20.0))
+    # a training step leaves the log-variance half of quant_conv untouched
+    opt = torch.optim.SGD(vae.parameters(), lr=0.1)
+    recon, posterior = dm.vae_reconstruct(vae, images)
+    (recon ** 2).mean().add(posterior.logvar.mean()).backward()
+    opt.step()
+    assert torch.allclose(vae.encode(images).latent_dist.logvar, torch.full_like(posterior.logvar, -20.0))
+
+
+def _tiny_vae():
+    """The demo VAE's blocks at two levels (64 channels: with 32, GroupNorm's 32 groups act as instance
+    norm and colours are hard to learn)."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    torch.manual_seed(0)
+    return AutoencoderKLTemporalDecoder(**dict(dm.DEMO_VAE_CONFIG, block_out_channels=(64, 64),
+                                               down_block_types=("DownEncoderBlock2D",) * 2))
+
+
+def test_pretrain_vae_learns_and_sets_scale():
+    frames = _frames(8, 32, 32)
+    vae = _tiny_vae()
+    before = dm.evaluate_vae(vae, dm.frames_to_tensor(frames))["psnr"]
+    logged = []
+    metrics = dm.pretrain_vae(vae, frames, steps=60, batch_size=4, lr=3e-3, crop=16, warmup_steps=5, log_every=20,
+                              log=logged.append)
+    assert [m["step"] for m in logged] == [20, 40, 60]
+    assert logged[-1]["lr"] == 0.0  # cosine to zero
+    assert logged[-1]["rec"] < logged[0]["rec"]
+    assert metrics["psnr"] > before + 1.5, (before, metrics["psnr"])  # 10.2 -> 12.6 dB when written
+    assert metrics["latent_std"] > 0
+    factor = dm.set_scaling_factor(vae, metrics["latent_std"])
+    assert vae.config.scaling_factor == factor == pytest.approx(1 / metrics["latent_std"], rel=1e-3)
+    with pytest.raises(ConfigError):
+        dm.set_scaling_factor(vae, 0.0)
+
+
+def test_pretrain_vae_rejects_bad_settings():
+    vae = _tiny_vae()
+    with pytest.raises(ConfigError, match="crop"):
+        dm.pretrain_vae(vae, _frames(2), steps=1, crop=60)
+    with pytest.raises(ConfigError, match="steps"):
+        dm.pretrain_vae(vae, _frames(2), steps=0)
+
+
+def test_saved_model_loads_into_the_pipeline(tmp_path):
+    from mimicmotion.loading import load_pipeline
+
+    comps = dm.demo_components(seed=1)
+    base, checkpoint = dm.save_demo_model(tmp_path / "m", comps, card={"steps": 0})
+    assert (tmp_path / "m" / "training.json").is_file()
+    assert dm.demo_model_paths(tmp_path / "m") == (base, checkpoint)
+    pipe = load_pipeline(base, checkpoint)
+    for name in ("unet", "pose_net", "vae"):
+        want, got = comps[name].state_dict(), getattr(pipe, name).state_dict()
+        assert all(torch.equal(want[k], got[k]) for k in want), name
+
+
+def test_missing_demo_model_is_one_clear_error(tmp_path):
+    with pytest.raises(ModelFileError, match="no demo model in .*reinstall"):
+        dm.demo_model_paths(tmp_path / "nothing")
+
+
+def test_ship_model_replaces_atomically(tmp_path):
+    comps = dm.demo_components()
+    base, checkpoint = dm.save_demo_model(tmp_path / "trained", comps)
+    target = tmp_path / "assets" / "demo_model"
+    target.mkdir(parents=True)
+    (target / "stale.txt").write_text("old")
+    dm.ship_model(base, checkpoint, "# card\n", target=target)
+    assert not (target / "stale.txt").exists()
+    assert (target / "MODEL_CARD.md").read_text() == "# card\n"
+    assert dm.demo_model_paths(target) == (target / "base", target / dm.SHIPPED_CHECKPOINT)
+    assert sorted(p.name for p in tmp_path.joinpath("assets").iterdir()) == ["demo_model"]
+
+
+def test_split_sql_selects_the_split(tmp_path):
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE videos (video_id VARCHAR, status VARCHAR, source_path VARCHAR)")
+    con.execute("CREATE TABLE clips (clip_id VARCHAR, video_id VARCHAR, clip_index INTEGER)")
+    con.execute("INSERT INTO videos VALUES ('a', 'ok', '/d/train/a.mp4'), ('b', 'ok', '/d/test/b.mp4'), "
+                "('c', 'failed', '/d/test/c.mp4'), ('d', 'ok', '/d/test/d.mp4')")
+    con.execute("INSERT INTO clips VALUES ('a-0', 'a', 0), ('b-0', 'b', 0), ('b-1', 'b', 1), ('c-0', 'c', 0), "
+                "('d-0', 'd', 0), ('d-1', 'd', 1)")
+
+    def ids(*args, **kwargs):
+        sql, params = dm.split_sql(*args, **kwargs)
+        return [r[0] for r in con.execute(sql, params).fetchall()]
+
+    assert ids("train") == ["a-0"]
+    assert ids("test") == ["b-0", "b-1", "d-0", "d-1"]
+    assert ids("test", first_clip_only=True) == ["b-0", "d-0"]
+    assert ids("test", first_clip_only=True, limit=1) == ["b-0"]
+    with pytest.raises(ConfigError, match="split"):
+        dm.split_sql("val")
+    with pytest.raises(ConfigError, match="limit"):
+        dm.split_sql("test", limit=0)
+
+
+def test_model_card_states_recipe_and_results():
+    card = dm.model_card({"vae": {"frames": 10, "psnr": 25.0, "scaling_factor": 0.5, "seconds": 3},
+                          "train": {"steps": 7, "workers": 2, "clips": 5, "wall_s": 9},
+                          "evaluation": [{"method": "model", "psnr": 21.0}]})
+    assert card.startswith("# MimicMotion demo model")
+    assert '"psnr": 25.0' in card and '"steps": 7' in card and '"method": "model"' in card
