@@ -78,11 +78,14 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                       baselines=["copy_reference", "blank_pose"], resolution=dm.DEMO_RESOLUTION,
                       tile_size=dm.DEMO_TILE_SIZE, tile_overlap=dm.DEMO_TILE_OVERLAP, steps=eval_steps, seed=seed,
                       max_frames=eval_frames, device="cpu")
+    run = dict(run, **dm.training_record(run["metrics"]))
     summary = dict(vae=vae_metrics, train=run, evaluation=scores.get("summary", scores))
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if ship:
         card = dm.model_card(summary)
-        dm.ship_model(base, run["model"], card)
+        record = [root / "summary.json", root / "vae" / "metrics.json"] + [
+            p for p in (Path(run["metrics"]), Path(run.get("loss_curve") or "")) if p.is_file()]
+        dm.ship_model(base, run["model"], card, extra_files=[p for p in record if p.is_file()])
     return summary
 
 

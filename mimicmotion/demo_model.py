@@ -280,9 +280,10 @@ def split_sql(split: str, first_clip_only: bool = False, limit: Optional[int] = 
     return sql, params
 
 
-def ship_model(base_dir, checkpoint, card_markdown: str, target=None) -> Path:
-    """Copy a trained model (base folder + checkpoint) and its model card into the package's shipped folder,
-    replacing the previous one in one rename."""
+def ship_model(base_dir, checkpoint, card_markdown: str, target=None, extra_files=()) -> Path:
+    """Copy a trained model (base folder + checkpoint), its model card and ``extra_files`` (the training
+    record: metrics CSV, loss curve, summary) into the package's shipped folder, replacing the previous one
+    in one rename."""
     import shutil
 
     target = Path(target) if target is not None else SHIPPED_DIR
@@ -292,6 +293,8 @@ def ship_model(base_dir, checkpoint, card_markdown: str, target=None) -> Path:
     shutil.copytree(base_dir, tmp / "base", ignore=shutil.ignore_patterns(".*"))
     shutil.copy2(checkpoint, tmp / SHIPPED_CHECKPOINT)
     (tmp / "MODEL_CARD.md").write_text(card_markdown)
+    for extra in extra_files:
+        shutil.copy2(extra, tmp / Path(extra).name)
     old = target.with_name(f".{target.name}.old")
     if target.exists():
         target.replace(old)
@@ -299,6 +302,22 @@ def ship_model(base_dir, checkpoint, card_markdown: str, target=None) -> Path:
     if old.exists():
         shutil.rmtree(old)
     return target
+
+
+def training_record(metrics_csv) -> dict:
+    """Totals of a run's metrics.csv (rank 0's rows, one per step): steps, training seconds (the sum of
+    step and data times, so restarts and start-up are not counted), and the mean loss of the first and
+    last 100 steps."""
+    import csv
+
+    with open(metrics_csv, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh)]
+    if not rows:
+        raise ConfigError(f"{metrics_csv} has no steps")
+    loss = [float(r["loss"]) for r in rows]
+    seconds = sum(float(r["step_time_s"]) + float(r.get("data_time_s") or 0) for r in rows)
+    return dict(steps_logged=len(rows), train_seconds=round(seconds, 1),
+                first_loss=round(float(np.mean(loss[:100])), 4), last_loss=round(float(np.mean(loss[-100:])), 4))
 
 
 def model_card(summary: dict) -> str:
@@ -313,9 +332,27 @@ def model_card(summary: dict) -> str:
         "real people.", "",
         "## Recipe", "",
         f"- VAE: {json.dumps({k: vae.get(k) for k in ('frames', 'psnr', 'scaling_factor', 'seconds')})}",
-        f"- UNet + PoseNet: {json.dumps({k: run.get(k) for k in ('steps', 'workers', 'clips', 'wall_s')}, default=str)}",
+        f"- UNet + PoseNet: {json.dumps({k: run.get(k) for k in ('step', 'workers', 'clips', 'train_seconds', 'first_loss', 'last_loss')}, default=str)}",
         f"- Config: {json.dumps(DEMO_TRAIN_CONFIG)}",
         "- CLIP image encoder: random initialisation, frozen (see mimicmotion/demo_model.py).", "",
         "## Results on the test split", "", "```", json.dumps(evaluation, indent=2, default=str), "```", "",
+        *_baseline_verdicts(evaluation),
     ]
     return "\n".join(lines)
+
+
+def _baseline_verdicts(evaluation) -> list:
+    """One line per baseline: does the model beat it on SSIM and PSNR (the issue's bar)?"""
+    rows = {r.get("method"): r for r in evaluation} if isinstance(evaluation, list) else {}
+    model = rows.get("mimicmotion")
+    if model is None:
+        return []
+    lines = []
+    for name, row in rows.items():
+        if name == "mimicmotion":
+            continue
+        beats = [m for m in ("ssim", "psnr") if model.get(m, float("nan")) > row.get(m, float("nan"))]
+        verdict = "beats it on " + " and ".join(beats) if beats else "does not beat it"
+        lines.append(f"- against {name}: the model {verdict} (SSIM {model.get('ssim'):.3f} vs {row.get('ssim'):.3f}, "
+                     f"PSNR {model.get('psnr'):.2f} vs {row.get('psnr'):.2f} dB).")
+    return lines + [""]

@@ -138,7 +138,10 @@ def test_ship_model_replaces_atomically(tmp_path):
     target = tmp_path / "assets" / "demo_model"
     target.mkdir(parents=True)
     (target / "stale.txt").write_text("old")
-    dm.ship_model(base, checkpoint, "# card\n", target=target)
+    record = tmp_path / "metrics.csv"
+    record.write_text("step,loss\n1,0.5\n")
+    dm.ship_model(base, checkpoint, "# card\n", target=target, extra_files=[record])
+    assert (target / "metrics.csv").read_text() == record.read_text()
     assert not (target / "stale.txt").exists()
     assert (target / "MODEL_CARD.md").read_text() == "# card\n"
     assert dm.demo_model_paths(target) == (target / "base", target / dm.SHIPPED_CHECKPOINT)
@@ -172,7 +175,20 @@ def test_split_sql_selects_the_split(tmp_path):
 
 def test_model_card_states_recipe_and_results():
     card = dm.model_card({"vae": {"frames": 10, "psnr": 25.0, "scaling_factor": 0.5, "seconds": 3},
-                          "train": {"steps": 7, "workers": 2, "clips": 5, "wall_s": 9},
-                          "evaluation": [{"method": "model", "psnr": 21.0}]})
+                          "train": {"step": 7, "workers": 2, "clips": 5, "train_seconds": 9},
+                          "evaluation": [{"method": "mimicmotion", "psnr": 21.0, "ssim": 0.5},
+                                         {"method": "copy_reference", "psnr": 22.0, "ssim": 0.4}]})
     assert card.startswith("# MimicMotion demo model")
-    assert '"psnr": 25.0' in card and '"steps": 7' in card and '"method": "model"' in card
+    assert '"psnr": 25.0' in card and '"step": 7' in card and '"method": "mimicmotion"' in card
+    assert "against copy_reference: the model beats it on ssim (SSIM 0.500 vs 0.400, PSNR 21.00 vs 22.00 dB)" in card
+
+
+def test_training_record_sums_step_time(tmp_path):
+    path = tmp_path / "metrics.csv"
+    lines = ["step,loss,step_time_s,data_time_s"] + [f"{i},{1.0 if i <= 100 else 0.5},0.5,0.25" for i in range(1, 151)]
+    path.write_text("\n".join(lines) + "\n")
+    record = dm.training_record(path)
+    assert record == dict(steps_logged=150, train_seconds=112.5, first_loss=1.0, last_loss=0.75)
+    (tmp_path / "empty.csv").write_text("step,loss,step_time_s\n")
+    with pytest.raises(ConfigError, match="no steps"):
+        dm.training_record(tmp_path / "empty.csv")
