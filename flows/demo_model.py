@@ -27,11 +27,9 @@ from mimicmotion import demo_model as dm  # noqa: E402
 @task(name="pretrain-vae", cache_policy=NO_CACHE)
 def pretrain_vae_task(synth_dir: str, out_dir: str, steps: int, seed: int) -> dict:
     import torch
-    from diffusers import AutoencoderKLTemporalDecoder
 
     out = Path(out_dir)
-    if (out / "config.json").is_file():
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(out)
+    if (out / "config.json").is_file():  # done in an earlier run: the flow loads the VAE from ``out``
         return json.loads((out / "metrics.json").read_text())
     torch.manual_seed(seed)
     frames = dm.collect_frames(sorted(Path(synth_dir, "train").glob("*.mp4")))

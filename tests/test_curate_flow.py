@@ -80,16 +80,22 @@ def dwpose_dir(tmp_path_factory):
     return str(write_model_dir(tmp_path_factory.mktemp("dwpose"), empty_head()))
 
 
-def rows(root, table: str, order: str) -> list:
+# every view in a fixed order, as literal SQL (table names are identifiers, not bindable values)
+ORDERED_VIEWS = {"videos": "SELECT * FROM videos ORDER BY video_id",
+                 "clips": "SELECT * FROM clips ORDER BY clip_id",
+                 "poses": "SELECT * FROM poses ORDER BY clip_id, frame, person"}
+
+
+def rows(root, table: str) -> list:
     """All rows of a view without run-dependent columns, as JSON text (NaN-safe comparison)."""
-    drop = [c for c in TIMING_COLUMNS if table == "videos"]
-    sql = f"SELECT * {'EXCLUDE (' + ', '.join(drop) + ')' if drop else ''} FROM {table} ORDER BY {order}"
-    return [json.dumps(r, default=str, sort_keys=True) for r in Catalog(root).query(sql).to_pylist()]
+    result = Catalog(root).query(ORDERED_VIEWS[table])
+    if table == "videos":
+        result = result.drop_columns(list(TIMING_COLUMNS))
+    return [json.dumps(r, default=str, sort_keys=True) for r in result.to_pylist()]
 
 
 def all_rows(root) -> dict:
-    return {"videos": rows(root, "videos", "video_id"), "clips": rows(root, "clips", "clip_id"),
-            "poses": rows(root, "poses", "clip_id, frame, person")}
+    return {table: rows(root, table) for table in ORDERED_VIEWS}
 
 
 # ---------------------------------------------------------------------------------------------- sidecar, in-process
