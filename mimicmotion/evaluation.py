@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 MODEL_METHOD = "mimicmotion"
 BASELINES = ("copy_reference", "blank_pose")
+# Not run unless asked: the ground truth through the model's VAE (encode, then decode in the sampler's
+# chunks), the ceiling of any model that decodes with that VAE.
+OPTIONAL_BASELINES = ("vae_reconstruction",)
+KNOWN_BASELINES = BASELINES + OPTIONAL_BASELINES
 FID_VID_POOLINGS = ("mean", "frames")
 CLIP_COLUMNS = ("clip_id", "method", "num_frames", "ssim", "psnr", "lpips", "seconds")
 SUMMARY_COLUMNS = ("method", "clips", "frames", "ssim", "psnr", "lpips", "fid_vid", "fvd")
@@ -277,8 +281,12 @@ def predict(method: str, clip: EvalClip, pipe=None, settings: RenderSettings = R
     count = len(clip.frames) - 1
     if method == "copy_reference":
         return np.repeat(reference[None], count, axis=0)
+    if method == "vae_reconstruction":
+        if pipe is None:
+            raise ConfigError("method vae_reconstruction needs the model (base model folder and checkpoint)")
+        return vae_roundtrip(pipe, clip.frames[1:], settings.decode_chunk_size, device)
     if method not in (MODEL_METHOD, "blank_pose"):
-        raise ConfigError(f"unknown method {method!r}; use {MODEL_METHOD} or one of {', '.join(BASELINES)}")
+        raise ConfigError(f"unknown method {method!r}; use {MODEL_METHOD} or one of {', '.join(KNOWN_BASELINES)}")
     if pipe is None:
         raise ConfigError(f"method {method} needs the model (base model folder and checkpoint)")
     images = pose_images(clip)
@@ -287,6 +295,23 @@ def predict(method: str, clip: EvalClip, pipe=None, settings: RenderSettings = R
     frames = generate(pipe, reference, images, settings, device=device)
     # generate() returns one frame per driving pose (clip frames 0..F-1); frame 0 is the reference's slot.
     return frames[1:]
+
+
+def vae_roundtrip(pipe, frames: np.ndarray, decode_chunk_size: int = 8, device=None) -> np.ndarray:
+    """uint8 frames (F, H, W, 3) encoded by the pipeline's VAE (posterior mode) and decoded as the sampler
+    decodes (``pipe.decode``: scaled latents, ``decode_chunk_size`` frames at a time)."""
+    import torch
+
+    from mimicmotion.pipeline import frames_to_uint8
+
+    vae = pipe.vae
+    device = torch.device(device) if device is not None else pipe._execution_device
+    pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(pixels[i:i + decode_chunk_size].to(device, vae.dtype)).latent_dist.mode()
+                             for i in range(0, len(pixels), decode_chunk_size)])
+        decoded = pipe.decode(latents[None] * vae.config.scaling_factor, decode_chunk_size)
+    return frames_to_uint8(decoded[0])
 
 
 def score(predicted: np.ndarray, truth: np.ndarray, nets: FeatureNetworks) -> dict:
@@ -308,6 +333,15 @@ def _file_identity(path) -> Optional[dict]:
     p = Path(path)
     st = p.stat()
     return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _folder_identity(folder) -> dict:
+    """Every file under ``folder`` with its size and modification time: a base model whose VAE or UNet weights
+    were replaced in place gets a new identity, so resumed evaluations do not reuse renders of the old one."""
+    root = Path(folder).resolve()
+    files = {str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns]
+             for p in sorted(root.rglob("*")) if p.is_file()}
+    return {"path": str(root), "files": files}
 
 
 def fingerprint(**parts) -> str:
@@ -384,9 +418,9 @@ def parse_methods(baselines, include_model: bool = True) -> list:
     if isinstance(baselines, str):
         baselines = [b.strip() for b in baselines.split(",") if b.strip()]
     baselines = list(dict.fromkeys(baselines or []))
-    unknown = [b for b in baselines if b not in BASELINES]
+    unknown = [b for b in baselines if b not in KNOWN_BASELINES]
     if unknown:
-        raise ConfigError(f"unknown baseline(s) {', '.join(unknown)}; available: {', '.join(BASELINES)}")
+        raise ConfigError(f"unknown baseline(s) {', '.join(unknown)}; available: {', '.join(KNOWN_BASELINES)}")
     methods = ([MODEL_METHOD] if include_model else []) + baselines
     if not methods:
         raise ConfigError("nothing to evaluate: include the model or at least one baseline")
@@ -419,7 +453,7 @@ def plan_evaluation(catalog, out_dir, *, base_model=None, checkpoint=None, clip_
         check_base_model_dir(base_model)
         if not Path(checkpoint).is_file():
             raise ConfigError(f"checkpoint not found: {checkpoint} (the MimicMotion .pth or .safetensors file)")
-        plan.model_identity = {"base_model": str(Path(base_model).resolve()),
+        plan.model_identity = {"base_model": _folder_identity(base_model),
                                "checkpoint": _file_identity(checkpoint)}
     plan.clip_ids = select_clips(root, clip_ids, query, params, sql)
     plan.rows = clip_rows(root, plan.clip_ids)
@@ -647,7 +681,8 @@ def add_evaluate_command(subparsers) -> None:
     e.add_argument("--param", action="append", metavar="KEY=VALUE", help="parameter of --query / --sql (repeatable)")
     e.add_argument("--out", required=True, help="output folder (clips.parquet, summary.parquet, summary.md)")
     e.add_argument("--baselines", default=",".join(BASELINES),
-                   help=f"comma-separated baselines among {', '.join(BASELINES)}; '' for none (default: both)")
+                   help=f"comma-separated baselines among {', '.join(KNOWN_BASELINES)}; '' for none "
+                        f"(default: {', '.join(BASELINES)})")
     e.add_argument("--no-model", action="store_true", help="score only the baselines (copy_reference needs no model)")
     e.add_argument("--resolution", type=int, default=576)
     e.add_argument("--tile-size", type=int, default=72)

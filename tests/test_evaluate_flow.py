@@ -226,3 +226,52 @@ def test_bad_inputs_fail_before_any_work(catalog, model, tmp_path):
     assert plan.clip_ids == [catalog["clip_id"]] and plan.methods == ["mimicmotion", "copy_reference", "blank_pose"]
     with pytest.raises(ConfigError, match="no clips selected"):
         plan_evaluation(catalog["root"], tmp_path, sql=sql, params={"n": FRAMES + 1}, **model)
+
+
+def test_resume_key_changes_when_base_model_weights_are_replaced(catalog, model, tmp_path):
+    """A VAE re-saved into the same base folder must not reuse renders made with the old one."""
+    import os
+    import shutil
+
+    from mimicmotion.evaluation import plan_evaluation
+
+    base = tmp_path / "base"
+    shutil.copytree(model["base_model"], base)
+    args = dict(clip_ids=[catalog["clip_id"]], base_model=str(base), checkpoint=model["checkpoint"])
+    before = plan_evaluation(catalog["root"], tmp_path / "out", **args)
+    again = plan_evaluation(catalog["root"], tmp_path / "out", **args)
+    key = lambda plan, method: plan.work_key(catalog["clip_id"], method)
+    assert key(before, "mimicmotion") == key(again, "mimicmotion")
+    weights = next(p for p in (base / "vae").iterdir() if p.suffix == ".safetensors")
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten in place
+    after = plan_evaluation(catalog["root"], tmp_path / "out", **args)
+    assert key(after, "mimicmotion") != key(before, "mimicmotion")
+    assert key(after, "blank_pose") != key(before, "blank_pose")
+    assert key(after, "copy_reference") == key(before, "copy_reference")  # needs no model
+
+
+def test_vae_reconstruction_baseline_decodes_like_the_sampler(catalog, model):
+    """The optional ceiling baseline: frames 1.. through the model's VAE, decoded in the sampler's chunks."""
+    from mimicmotion.evaluation import BASELINES, clip_rows, load_eval_clip, parse_methods, predict
+    from mimicmotion.loading import load_pipeline
+    from mimicmotion.render import RenderSettings
+
+    assert "vae_reconstruction" not in BASELINES  # only when asked
+    assert parse_methods("vae_reconstruction") == ["mimicmotion", "vae_reconstruction"]
+    clip_id = catalog["clip_id"]
+    clip = load_eval_clip(catalog["root"], clip_id, clip_rows(catalog["root"], [clip_id])[clip_id], 64)
+    with pytest.raises(ConfigError, match="needs the model"):
+        predict("vae_reconstruction", clip)
+    pipe = load_pipeline(model["base_model"], model["checkpoint"])
+    got = predict("vae_reconstruction", clip, pipe, RenderSettings(resolution=64, decode_chunk_size=2))
+    vae = pipe.vae
+    x = torch.from_numpy(clip.frames[1:]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    want = []
+    with torch.no_grad():
+        for i in range(0, len(x), 2):
+            z = vae.encode(x[i:i + 2]).latent_dist.mode()
+            want.append(vae.decode(z, num_frames=len(z)).sample)
+    want = ((torch.cat(want) / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert got.shape == clip.frames[1:].shape
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
