@@ -47,10 +47,37 @@ def pretrain_vae_task(synth_dir: str, out_dir: str, steps: int, seed: int) -> di
     return metrics
 
 
+@task(name="finetune-vae-decoder", cache_policy=NO_CACHE)
+def finetune_vae_decoder_task(synth_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int) -> dict:
+    """Train the pre-trained VAE's decoder further with an SSIM term, its encoder frozen: the latents (and a
+    UNet trained on them) stay valid, the reconstructions sharpen."""
+    import torch
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    out = Path(out_dir)
+    if (out / "config.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    torch.manual_seed(seed)
+    frames = dm.collect_frames(sorted(Path(synth_dir, "train").glob("*.mp4")))
+    held = dm.collect_frames(sorted(Path(synth_dir, "test").glob("*.mp4")), every=40)
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir)
+    start = time.perf_counter()
+    metrics = dm.pretrain_vae(vae, frames, held_out=held, steps=steps, seed=seed + 1, batch_size=8, lr=2e-4,
+                              crop=64, warmup_steps=20, ssim_weight=0.5, train_encoder=False,
+                              log=lambda m: get_run_logger().info("vae decoder %s", m))
+    metrics.update(frames=int(len(frames)), seconds=time.perf_counter() - start, decoder_only=True,
+                   ssim_weight=0.5, scaling_factor=vae.config.scaling_factor)
+    tmp = out.with_name(out.name + ".tmp")
+    vae.save_pretrained(tmp)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tmp.replace(out)
+    return metrics
+
+
 @flow(name="demo_model", log_prints=True)
 def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 3000, train_steps: int = 2400,
                workers: int = 2, lr: float = 2e-4, eval_steps: int = 10, eval_clips: int = 16, eval_frames: int = 16,
-               ship: bool = False) -> dict:
+               ship: bool = False, vae_decoder_steps: int = 0) -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
     from flows.train import train
@@ -65,7 +92,15 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     vae_metrics = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed)
     from diffusers import AutoencoderKLTemporalDecoder
 
-    base, init = dm.build_initial_model(root / "init", AutoencoderKLTemporalDecoder.from_pretrained(root / "vae"), seed)
+    vae_dir = root / "vae"
+    if vae_decoder_steps > 0:
+        vae_metrics = dict(vae_metrics, decoder=finetune_vae_decoder_task(
+            str(synth), str(vae_dir), str(root / "vae-decoder"), vae_decoder_steps, seed))
+        vae_dir = root / "vae-decoder"
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir)
+    # pretrain_vae already holds them; this also repairs a VAE pre-trained before it did (a no-op otherwise)
+    dm.hold_decoder_framewise(vae)
+    base, init = dm.build_initial_model(root / "init", vae, seed)
     train_sql, train_params = dm.split_sql("train")
     run = train(catalog=str(catalog), base_model=str(base), checkpoint=str(init), run_dir=str(root / "run"),
                 workers=workers, steps=train_steps, sql=train_sql, query_params=train_params, torch_threads=1,
@@ -73,7 +108,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     test_sql, test_params = dm.split_sql("test", first_clip_only=True, limit=eval_clips)
     scores = evaluate(catalog=str(catalog), out_dir=str(root / "eval"), base_model=str(base),
                       checkpoint=run["model"], sql=test_sql, params=test_params,
-                      baselines=["copy_reference", "blank_pose"], resolution=dm.DEMO_RESOLUTION,
+                      baselines=["copy_reference", "blank_pose", "vae_reconstruction"], resolution=dm.DEMO_RESOLUTION,
                       tile_size=dm.DEMO_TILE_SIZE, tile_overlap=dm.DEMO_TILE_OVERLAP, steps=eval_steps, seed=seed,
                       max_frames=eval_frames, device="cpu")
     run = dict(run, **dm.training_record(run["metrics"]))
@@ -96,6 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-steps", type=int, default=2400)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--vae-decoder-steps", type=int, default=0,
+                    help="then train the VAE decoder alone this many steps with an SSIM term (encoder frozen)")
     ap.add_argument("--eval-steps", type=int, default=10, help="denoising steps of the evaluation renders")
     ap.add_argument("--eval-clips", type=int, default=16, help="test clips evaluated (one per test video)")
     ap.add_argument("--eval-frames", type=int, default=16, help="frames per evaluated clip (reference included)")
@@ -103,7 +140,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     summary = demo_model(args.work, args.videos, args.seed, args.vae_steps, args.train_steps, args.workers, args.lr,
                          eval_steps=args.eval_steps, eval_clips=args.eval_clips, eval_frames=args.eval_frames,
-                         ship=args.ship)
+                         ship=args.ship, vae_decoder_steps=args.vae_decoder_steps)
     print(json.dumps(summary.get("evaluation"), indent=2, default=str))
     return 0
 

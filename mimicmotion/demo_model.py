@@ -7,6 +7,8 @@ scratch on a CPU and to render 128x192 (portrait 9:16-ish) clips in seconds. Its
 1. generate procedural dancers (`mimicmotion.synthetic`) and curate them with the `curate` flow (sidecars);
 2. pre-train the VAE as a frame autoencoder on those frames (`pretrain_vae`; SVD's VAE comes pre-trained,
    a from-scratch model has to learn one), then set its ``scaling_factor`` so latents have unit variance;
+   trained on single frames, its temporal decoder is held frame-wise (``hold_decoder_framewise``) so the
+   sampler's 8-frame decode chunks decode like single frames;
 3. train UNet + PoseNet with the `train` flow (SPEC 7), VAE and CLIP frozen. The CLIP image encoder stays
    at its random initialisation: a fixed random projection of the reference still tells references apart,
    and the reference's appearance reaches the UNet mainly through the image latent.
@@ -30,13 +32,16 @@ DEMO_HEIGHT, DEMO_WIDTH = 192, 128
 DEMO_TILE_SIZE = 8  # frames per tile, the reference included; training clips are the reference + 7 frames
 DEMO_TILE_OVERLAP = 2
 
+DEMO_LATENT_CHANNELS = 4  # as SVD; the UNet takes the noisy latents and the reference latent (2 x 4)
 DEMO_UNET_CONFIG = dict(
     TINY_UNET_CONFIG,
+    in_channels=2 * DEMO_LATENT_CHANNELS,
+    out_channels=DEMO_LATENT_CHANNELS,
     block_out_channels=(64, 128),
     num_attention_heads=(2, 4),
     num_frames=DEMO_TILE_SIZE,
 )
-DEMO_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=(64, 64, 64, 64))
+DEMO_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=(64, 64, 64, 64), latent_channels=DEMO_LATENT_CHANNELS)
 DEMO_CLIP_CONFIG = dict(TINY_CLIP_CONFIG)
 
 # Training from scratch (not SVD fine-tuning): a larger learning rate, a short warm-up, and a noise-level
@@ -87,11 +92,15 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def vae_reconstruct(vae, images: torch.Tensor, sample: bool = False,
-                    generator: Optional[torch.Generator] = None) -> tuple:
-    """(reconstruction, posterior) of images (N, 3, H, W) in [-1, 1], each frame decoded on its own."""
+                    generator: Optional[torch.Generator] = None, num_frames: int = 1) -> tuple:
+    """(reconstruction, posterior) of images (N, 3, H, W) in [-1, 1]. The encoder sees each frame on its own;
+    the temporal decoder decodes runs of ``num_frames`` consecutive images together (N a multiple of it), as
+    the sampler decodes a video in chunks."""
+    if len(images) % num_frames:
+        raise ConfigError(f"{len(images)} images do not split into clips of {num_frames} frames")
     posterior = vae.encode(images).latent_dist
     latents = posterior.sample(generator) if sample else posterior.mode()
-    recon = vae.decode(latents, num_frames=1).sample
+    recon = vae.decode(latents, num_frames=num_frames).sample
     return recon, posterior
 
 
@@ -111,6 +120,26 @@ def random_crops(images: torch.Tensor, size: Optional[int], generator: torch.Gen
     return images[..., y:y + size, x:x + size]
 
 
+def ssim_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of image batches (N, C, H, W) in [-1, 1], differentiable: ``mimicmotion.metrics.ssim``'s
+    definition (Gaussian window, sigma 1.5, radius 5; per channel; mean over the interior pixels whose window
+    lies inside the image) on the 0..255 scale it scores frames on."""
+    from mimicmotion.metrics import SSIM_K1, SSIM_K2, gaussian_kernel
+
+    g = torch.as_tensor(gaussian_kernel(), dtype=x.dtype, device=x.device)
+    channels = x.shape[1]
+    window = (g[:, None] * g[None, :]).expand(channels, 1, -1, -1)
+    blur = lambda t: torch.nn.functional.conv2d(t, window, groups=channels)
+    # on [0, 1] (a pure rescaling of 0..255): SSIM's luminance term is not shift-invariant
+    x, y = (x + 1.0) / 2.0, (y + 1.0) / 2.0
+    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x ** 2
+    var_y = blur(y * y) - mu_y ** 2
+    cov = blur(x * y) - mu_x * mu_y
+    return (((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))).mean()
+
+
 def make_posterior_deterministic(vae, log_variance: float = -20.0) -> None:
     """Fix the encoder's log-variance output at ``log_variance`` (std 4.5e-5 at -20): a sample is then the mode.
 
@@ -125,38 +154,85 @@ def make_posterior_deterministic(vae, log_variance: float = -20.0) -> None:
     vae.quant_conv.bias.register_hook(lambda g: torch.cat([g[:channels], torch.zeros_like(g[channels:])]))
 
 
+def hold_decoder_framewise(vae) -> int:
+    """Zero the temporal decoder's time-neighbour weights (the outer taps of its (3, 1, 1) Conv3d kernels) and
+    keep them at zero in training: each frame then decodes from its own latent whatever the decode chunk.
+
+    For a VAE pre-trained on single frames: a one-frame decode only ever trains the centre tap, so the outer
+    taps would keep their random initial values and mix neighbouring frames into garbage colours when the
+    sampler decodes 8 frames at once. Returns the number of convolutions held."""
+    held = 0
+    for module in vae.decoder.modules():
+        if isinstance(module, torch.nn.Conv3d) and module.kernel_size[0] == 3:
+            with torch.no_grad():
+                module.weight[:, :, 0] = 0.0
+                module.weight[:, :, 2] = 0.0
+            mask = torch.zeros_like(module.weight)
+            mask[:, :, 1] = 1.0
+            module.weight.register_hook(lambda g, m=mask: g * m)
+            held += 1
+    return held
+
+
+def _as_clips(frames: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) single frames or (N, T, H, W, 3) clips -> (N, T, H, W, 3)."""
+    if frames.dtype != np.uint8 or frames.ndim not in (4, 5) or frames.shape[-1] != 3:
+        raise ConfigError(f"VAE training data must be uint8 frames (N, H, W, 3) or clips (N, T, H, W, 3), got "
+                          f"{frames.dtype} {frames.shape}")
+    return frames[:, None] if frames.ndim == 4 else frames
+
+
 def pretrain_vae(vae, frames: np.ndarray, *, steps: int = 2000, batch_size: int = 16, lr: float = 1e-3,
                  kl_weight: float = 1e-6, crop: Optional[int] = 64, warmup_steps: int = 100, seed: int = 0,
-                 held_out: Optional[np.ndarray] = None, log_every: int = 100,
-                 log: Optional[Callable[[dict], None]] = None) -> dict:
-    """Train ``vae`` (in place) as a frame autoencoder: L1 + MSE reconstruction with a small KL term.
+                 held_out: Optional[np.ndarray] = None, log_every: int = 100, ssim_weight: float = 0.0,
+                 train_encoder: bool = True, log: Optional[Callable[[dict], None]] = None) -> dict:
+    """Train ``vae`` (in place) as an autoencoder: L1 + MSE reconstruction with a small KL term.
 
-    ``frames``: uint8 (N, H, W, 3) training frames; ``held_out``: frames to report PSNR on. The model is
-    convolutional, so it trains on random ``crop`` x ``crop`` windows (a multiple of 8; None = whole frames),
-    several times cheaper than whole frames on a CPU. Batches are drawn with a generator seeded by ``seed``
-    (deterministic on CPU); the learning rate warms up linearly over ``warmup_steps`` then follows a
-    cosine to zero. Returns the final metrics, including the latent standard deviation the
+    ``frames``: uint8 training frames (N, H, W, 3), or short clips (N, T, H, W, 3) whose T frames the temporal
+    decoder decodes together (``num_frames=T``). Clips are what a video VAE needs: its decoder's temporal
+    layers only learn from multi-frame decodes, and the sampler decodes a video several frames at a time.
+    Single frames (T = 1) train a frame-wise decoder (``hold_decoder_framewise``).
+    ``batch_size`` counts frames (a multiple of T). ``held_out``: frames or clips to report PSNR on. The model
+    is convolutional, so it trains on random ``crop`` x ``crop`` windows (a multiple of 8, the same window for
+    all frames of a batch; None = whole frames), several times cheaper than whole frames on a CPU. Batches
+    are drawn with a generator seeded by ``seed`` (deterministic on CPU); the learning rate warms up
+    linearly over ``warmup_steps`` then follows a cosine to zero. ``ssim_weight`` adds ``ssim_weight * (1 -
+    SSIM)`` to the loss (it rewards edges and texture that L1/MSE blur away). ``train_encoder=False`` trains
+    the decoder only: the latents stay exactly as they were, so a UNet trained on them stays valid while the
+    decoder improves. Returns the final metrics, including the latent standard deviation the
     ``scaling_factor`` is set from (see ``set_scaling_factor``).
     """
+    clips = _as_clips(frames)
+    clip_len = clips.shape[1]
     if steps < 1 or batch_size < 1:
         raise ConfigError(f"steps and batch_size must be >= 1 (got {steps}, {batch_size})")
-    if crop is not None and (crop % 8 or crop < 8 or crop > min(frames.shape[1:3])):
+    if batch_size % clip_len:
+        raise ConfigError(f"batch_size counts frames and must be a multiple of the clip length {clip_len} "
+                          f"(got {batch_size})")
+    if crop is not None and (crop % 8 or crop < 8 or crop > min(clips.shape[2:4])):
         raise ConfigError(f"VAE crop must be a multiple of 8 no larger than the frames (got {crop} for "
-                          f"{frames.shape[2]}x{frames.shape[1]} frames)")
+                          f"{clips.shape[3]}x{clips.shape[2]} frames)")
     make_posterior_deterministic(vae)
-    data = frames_to_tensor(frames)
-    check = frames_to_tensor(held_out) if held_out is not None and len(held_out) else data[:16]
+    if clip_len == 1:
+        hold_decoder_framewise(vae)
+    check = _as_clips(held_out) if held_out is not None and len(held_out) else clips[:max(1, 16 // clip_len)]
+    if crop is not None and crop < 11 and ssim_weight:
+        raise ConfigError(f"the SSIM loss needs crops of at least 11 pixels (got {crop})")
     rng = torch.Generator().manual_seed(seed)
     vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    for module in (vae.encoder, vae.quant_conv):
+        module.requires_grad_(train_encoder)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     start = time.perf_counter()
     metrics: dict = {}
     for step in range(1, steps + 1):
-        idx = torch.randint(len(data), (batch_size,), generator=rng)
-        images = random_crops(data[idx], crop, rng)
-        recon, posterior = vae_reconstruct(vae, images, sample=False)
+        idx = torch.randint(len(clips), (batch_size // clip_len,), generator=rng).numpy()
+        images = random_crops(frames_to_tensor(clips[idx].reshape(-1, *clips.shape[2:])), crop, rng)
+        recon, posterior = vae_reconstruct(vae, images, sample=False, num_frames=clip_len)
         rec = (recon - images).abs().mean() + ((recon - images) ** 2).mean()
+        if ssim_weight:
+            rec = rec + ssim_weight * (1.0 - ssim_torch(recon, images))
         # Only the latent mean is learnt: the KL term keeps latents near unit scale.
         kl = (posterior.mean ** 2).mean()
         loss = rec + kl_weight * kl
@@ -173,23 +249,41 @@ def pretrain_vae(vae, frames: np.ndarray, *, steps: int = 2000, batch_size: int 
                 vae.train()
             if log is not None:
                 log(metrics)
+    vae.requires_grad_(True)
     vae.eval()
     metrics.update(evaluate_vae(vae, check))
     return metrics
 
 
 @torch.no_grad()
-def evaluate_vae(vae, images: torch.Tensor, batch_size: int = 16) -> dict:
-    """Reconstruction PSNR (dB) and the latents' standard deviation (posterior modes) on images in [-1, 1]."""
+def evaluate_vae(vae, frames, batch_size: int = 16) -> dict:
+    """Reconstruction PSNR (dB), SSIM and the latents' standard deviation (posterior modes).
+
+    ``frames``: uint8 frames (N, H, W, 3) or clips (N, T, H, W, 3) (each clip decoded as one chunk), or a
+    float tensor (N, 3, H, W) in [-1, 1] of single frames."""
+    from mimicmotion.metrics import ssim
+
+    if isinstance(frames, torch.Tensor):
+        clips = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()[:, None]
+    else:
+        clips = _as_clips(frames)
     vae.eval()
-    recons, latents = [], []
-    for i in range(0, len(images), batch_size):
-        chunk = images[i:i + batch_size]
-        posterior = vae.encode(chunk).latent_dist
+    clip_len = clips.shape[1]
+    step = max(1, batch_size // clip_len)
+    recons, latents, truth = [], [], []
+    for i in range(0, len(clips), step):
+        images = frames_to_tensor(clips[i:i + step].reshape(-1, *clips.shape[2:]))
+        posterior = vae.encode(images).latent_dist
         latents.append(posterior.mode())
-        recons.append(vae.decode(posterior.mode(), num_frames=1).sample)
-    recon = torch.cat(recons)
-    return dict(psnr=psnr_of(recon, images), latent_std=float(torch.cat(latents).std()))
+        recons.append(vae.decode(posterior.mode(), num_frames=clip_len).sample)
+        truth.append(images)
+    recon, images = torch.cat(recons), torch.cat(truth)
+    as_uint8 = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    try:
+        similarity = float(ssim(as_uint8(recon), as_uint8(images)))
+    except ConfigError:  # frames smaller than the SSIM window
+        similarity = float("nan")
+    return dict(psnr=psnr_of(recon, images), ssim=similarity, latent_std=float(torch.cat(latents).std()))
 
 
 def set_scaling_factor(vae, latent_std: float) -> float:
@@ -239,15 +333,27 @@ def demo_model_paths(directory=None) -> tuple:
 
 # ---------------------------------------------------------------------------------------------- recipe steps
 def collect_frames(video_paths, every: int = 6) -> np.ndarray:
-    """Every ``every``-th frame of each video, stacked: the VAE's training frames (uint8 (N, H, W, 3))."""
+    """Every ``every``-th frame of each video, stacked (uint8 (N, H, W, 3))."""
+    return collect_clips(video_paths, clip_length=1, every=every)[:, 0]
+
+
+def collect_clips(video_paths, clip_length: int = 4, every: int = 2) -> np.ndarray:
+    """Runs of ``clip_length`` frames ``every`` frames apart, cut one after another from each video: the VAE's
+    training clips (uint8 (N, clip_length, H, W, 3)); a video's leftover frames are dropped."""
     from mimicmotion.video import probe, read_frames
 
+    if clip_length < 1 or every < 1:
+        raise ConfigError(f"clip_length and every must be >= 1 (got {clip_length}, {every})")
     chunks = []
     for path in video_paths:
         n = probe(path).num_frames
-        chunks.append(read_frames(path, list(range(0, n, every))))
+        usable = len(range(0, n, every)) // clip_length * clip_length
+        if usable:
+            frames = read_frames(path, list(range(0, n, every))[:usable])
+            chunks.append(frames.reshape(-1, clip_length, *frames.shape[1:]))
     if not chunks:
-        raise ConfigError("no videos to collect VAE training frames from: generate the synthetic set first")
+        raise ConfigError("no videos to collect VAE training frames from (or all shorter than one clip): "
+                          "generate the synthetic set first")
     return np.concatenate(chunks)
 
 
@@ -331,7 +437,11 @@ def model_card(summary: dict) -> str:
         "It knows only the synthetic figures: it is a working demonstration of the pipeline, not a model for",
         "real people.", "",
         "## Recipe", "",
-        f"- VAE: {json.dumps({k: vae.get(k) for k in ('frames', 'psnr', 'scaling_factor', 'seconds')})}",
+        f"- VAE: {json.dumps({k: vae[k] for k in ('frames', 'psnr', 'ssim', 'scaling_factor', 'seconds') if k in vae})}; "
+        "pre-trained on single frames, its temporal decoder held frame-wise (`hold_decoder_framewise`)",
+        *([f"- VAE decoder, trained on with its encoder frozen (L1 + MSE + {vae['decoder'].get('ssim_weight')} x "
+           f"(1 - SSIM)): {json.dumps({k: vae['decoder'][k] for k in ('step', 'psnr', 'ssim', 'seconds') if k in vae['decoder']})}"]
+          if isinstance(vae.get("decoder"), dict) else []),
         f"- UNet + PoseNet: {json.dumps({k: run.get(k) for k in ('step', 'workers', 'clips', 'train_seconds', 'first_loss', 'last_loss')}, default=str)}",
         f"- Config: {json.dumps(DEMO_TRAIN_CONFIG)}",
         "- CLIP image encoder: random initialisation, frozen (see mimicmotion/demo_model.py).", "",
@@ -350,6 +460,10 @@ def _baseline_verdicts(evaluation) -> list:
     lines = []
     for name, row in rows.items():
         if name == "mimicmotion":
+            continue
+        if name == "vae_reconstruction":  # a ceiling, not a baseline
+            lines.append(f"- ceiling: the test frames through the VAE score SSIM {row.get('ssim'):.3f}, PSNR "
+                         f"{row.get('psnr'):.2f} dB; no model that decodes with this VAE can do better.")
             continue
         beats = [m for m in ("ssim", "psnr") if model.get(m, float("nan")) > row.get(m, float("nan"))]
         verdict = "beats it on " + " and ".join(beats) if beats else "does not beat it"

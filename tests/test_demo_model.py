@@ -34,7 +34,10 @@ def test_components_are_seeded_and_shaped():
     # 8x spatial down-sampling, as SVD: latents of a 192x128 frame are 24x16.
     with torch.no_grad():
         z = a["vae"].encode(torch.zeros(1, 3, dm.DEMO_HEIGHT, dm.DEMO_WIDTH)).latent_dist.mode()
-    assert z.shape == (1, 4, dm.DEMO_HEIGHT // 8, dm.DEMO_WIDTH // 8)
+    assert z.shape == (1, dm.DEMO_LATENT_CHANNELS, dm.DEMO_HEIGHT // 8, dm.DEMO_WIDTH // 8)
+    # the UNet denoises those latents next to the reference latent
+    assert a["unet"].config.in_channels == 2 * dm.DEMO_LATENT_CHANNELS
+    assert a["unet"].config.out_channels == dm.DEMO_LATENT_CHANNELS
 
 
 def test_frames_to_tensor_range_and_errors():
@@ -112,6 +115,66 @@ def test_pretrain_vae_rejects_bad_settings():
         dm.pretrain_vae(vae, _frames(2), steps=1, crop=60)
     with pytest.raises(ConfigError, match="steps"):
         dm.pretrain_vae(vae, _frames(2), steps=0)
+    with pytest.raises(ConfigError, match="multiple of the clip length 3"):
+        dm.pretrain_vae(vae, _frames(6).reshape(2, 3, 64, 64, 3), steps=1, batch_size=4)
+    with pytest.raises(ConfigError, match="uint8"):
+        dm.pretrain_vae(vae, _frames(2).astype(np.float32), steps=1)
+
+
+def _decode(vae, latents, num_frames):
+    with torch.no_grad():
+        return vae.decode(latents, num_frames=num_frames).sample
+
+
+def test_random_temporal_taps_mix_frames_and_held_taps_do_not():
+    """The sampler decodes 8 frames at once: a decoder trained on single frames only must not mix them."""
+    vae = _tiny_vae().eval()
+    with torch.no_grad():
+        for m in vae.decoder.modules():  # a trained-looking decoder: outer taps as large as the centre
+            if isinstance(m, torch.nn.Conv3d):
+                m.weight.normal_(0, 0.2)
+    g = torch.Generator().manual_seed(0)
+    # four similar frames, as in a video
+    latents = torch.randn(1, dm.DEMO_LATENT_CHANNELS, 8, 8, generator=g) + 0.1 * torch.randn(
+        4, dm.DEMO_LATENT_CHANNELS, 8, 8, generator=g)
+    mixed = (_decode(vae, latents, 4) - _decode(vae, latents, 1)).abs().max()
+    assert dm.hold_decoder_framewise(vae) == sum(isinstance(m, torch.nn.Conv3d) for m in vae.decoder.modules())
+    held = (_decode(vae, latents, 4) - _decode(vae, latents, 1)).abs().max()
+    # what remains is GroupNorm pooling its statistics over the chunk's frames
+    assert held < 0.1 * mixed, (held, mixed)
+    # and the taps stay at zero through training
+    opt = torch.optim.SGD(vae.parameters(), lr=0.5)
+    vae.decode(latents, num_frames=4).sample.square().mean().backward()
+    opt.step()
+    for m in vae.decoder.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            assert torch.count_nonzero(m.weight[:, :, 0]) == 0 and torch.count_nonzero(m.weight[:, :, 2]) == 0
+            assert torch.count_nonzero(m.weight[:, :, 1]) > 0
+
+
+def test_pretrain_vae_on_clips_trains_the_temporal_decoder():
+    clips = _frames(8, 32, 32).reshape(4, 2, 32, 32, 3)
+    vae = _tiny_vae()
+    before = dm.evaluate_vae(vae, clips)
+    metrics = dm.pretrain_vae(vae, clips, steps=40, batch_size=4, lr=3e-3, crop=16, warmup_steps=5, log_every=20)
+    assert metrics["psnr"] > before["psnr"] + 1.0, (before, metrics)
+    outer = [m.weight[:, :, 0] for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert any(torch.count_nonzero(w) for w in outer)  # clips train the time-neighbour weights
+    assert 0 < metrics["ssim"] <= 1
+
+
+def test_collect_clips_cuts_runs_per_video(tmp_path):
+    from mimicmotion.video import write_video
+
+    frames = np.zeros((10, 64, 64, 3), np.uint8)
+    frames[:, :, :] = (np.arange(10) * 20)[:, None, None, None]
+    write_video(tmp_path / "a.mp4", frames, fps=10)
+    clips = dm.collect_clips([tmp_path / "a.mp4"], clip_length=2, every=3)  # frames 0 3 6 9 -> 2 clips
+    assert clips.shape == (2, 2, 64, 64, 3)
+    assert np.abs(clips[:, :, 32, 32, 0].astype(int) - np.array([[0, 60], [120, 180]])).max() <= 6
+    assert dm.collect_frames([tmp_path / "a.mp4"], every=5).shape == (2, 64, 64, 3)
+    with pytest.raises(ConfigError, match="shorter than one clip"):
+        dm.collect_clips([tmp_path / "a.mp4"], clip_length=20, every=1)
 
 
 def test_saved_model_loads_into_the_pipeline(tmp_path):
@@ -177,10 +240,13 @@ def test_model_card_states_recipe_and_results():
     card = dm.model_card({"vae": {"frames": 10, "psnr": 25.0, "scaling_factor": 0.5, "seconds": 3},
                           "train": {"step": 7, "workers": 2, "clips": 5, "train_seconds": 9},
                           "evaluation": [{"method": "mimicmotion", "psnr": 21.0, "ssim": 0.5},
-                                         {"method": "copy_reference", "psnr": 22.0, "ssim": 0.4}]})
+                                         {"method": "copy_reference", "psnr": 22.0, "ssim": 0.4},
+                                         {"method": "vae_reconstruction", "psnr": 25.0, "ssim": 0.9}]})
     assert card.startswith("# MimicMotion demo model")
     assert '"psnr": 25.0' in card and '"step": 7' in card and '"method": "mimicmotion"' in card
     assert "against copy_reference: the model beats it on ssim (SSIM 0.500 vs 0.400, PSNR 21.00 vs 22.00 dB)" in card
+    assert "ceiling: the test frames through the VAE score SSIM 0.900, PSNR 25.00 dB" in card
+    assert "against vae_reconstruction" not in card
 
 
 def test_training_record_sums_step_time(tmp_path):
@@ -192,3 +258,33 @@ def test_training_record_sums_step_time(tmp_path):
     (tmp_path / "empty.csv").write_text("step,loss,step_time_s\n")
     with pytest.raises(ConfigError, match="no steps"):
         dm.training_record(tmp_path / "empty.csv")
+
+
+def test_ssim_torch_matches_the_metric():
+    from mimicmotion.metrics import ssim
+
+    a = _frames(3, 40, 48, seed=1)
+    b = np.clip(a.astype(int) + np.random.default_rng(2).integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+    got = float(dm.ssim_torch(dm.frames_to_tensor(a).double(), dm.frames_to_tensor(b).double()))
+    assert got == pytest.approx(ssim(a, b), abs=1e-6)
+    assert float(dm.ssim_torch(dm.frames_to_tensor(a), dm.frames_to_tensor(a))) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_decoder_only_training_keeps_the_latents():
+    frames = _frames(8, 32, 32)
+    vae = _tiny_vae()
+    dm.pretrain_vae(vae, frames, steps=10, batch_size=4, lr=3e-3, crop=16, warmup_steps=2, log_every=10)
+    images = dm.frames_to_tensor(frames)
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mode()
+    before = dm.evaluate_vae(vae, frames)
+    decoder = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
+    metrics = dm.pretrain_vae(vae, frames, steps=30, batch_size=4, lr=1e-3, crop=16, warmup_steps=2, log_every=10,
+                              ssim_weight=0.5, train_encoder=False)
+    with torch.no_grad():
+        assert torch.equal(vae.encode(images).latent_dist.mode(), latents)
+    assert any(not torch.equal(decoder[k], v) for k, v in vae.decoder.state_dict().items())
+    assert metrics["ssim"] > before["ssim"], (before, metrics)
+    assert all(p.requires_grad for p in vae.parameters())
+    with pytest.raises(ConfigError, match="at least 11"):
+        dm.pretrain_vae(vae, frames, steps=1, crop=8, ssim_weight=0.5)
