@@ -212,12 +212,13 @@ def pretrain_vae(vae, frames: np.ndarray, *, steps: int = 2000, batch_size: int 
     if crop is not None and (crop % 8 or crop < 8 or crop > min(clips.shape[2:4])):
         raise ConfigError(f"VAE crop must be a multiple of 8 no larger than the frames (got {crop} for "
                           f"{clips.shape[3]}x{clips.shape[2]} frames)")
+    if crop is not None and crop < 11 and ssim_weight:
+        raise ConfigError(f"the SSIM loss needs crops of at least 11 pixels (got {crop})")
+    check = _as_clips(held_out) if held_out is not None and len(held_out) else clips[:max(1, 16 // clip_len)]
+    # every check is done: only now is the model changed
     make_posterior_deterministic(vae)
     if clip_len == 1:
         hold_decoder_framewise(vae)
-    check = _as_clips(held_out) if held_out is not None and len(held_out) else clips[:max(1, 16 // clip_len)]
-    if crop is not None and crop < 11 and ssim_weight:
-        raise ConfigError(f"the SSIM loss needs crops of at least 11 pixels (got {crop})")
     rng = torch.Generator().manual_seed(seed)
     vae.train()
     for module in (vae.encoder, vae.quant_conv):
