@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -24,54 +25,50 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from mimicmotion import demo_model as dm  # noqa: E402
 
 
-@task(name="pretrain-vae", cache_policy=NO_CACHE)
-def pretrain_vae_task(synth_dir: str, out_dir: str, steps: int, seed: int) -> dict:
+def _train_vae(synth_dir: str, out: Path, make_vae, steps: int, seed: int, label: str, *, set_scale: bool,
+               batch_seed: int, record: Optional[dict] = None, **options) -> dict:
+    """Train the VAE ``make_vae()`` returns on the synthetic training frames (``dm.pretrain_vae`` with
+    ``options``, batches drawn with ``batch_seed``) and save it with its metrics into ``out`` in one rename;
+    an ``out`` saved by an earlier run is not trained again (its metrics are returned). ``set_scale``: set the scaling factor from the latents
+    (after pre-training; a decoder-only stage keeps the factor the UNet was trained with); ``record``: more
+    entries for the saved metrics."""
     import torch
 
-    out = Path(out_dir)
-    if (out / "config.json").is_file():  # done in an earlier run: the flow loads the VAE from ``out``
+    if (out / "config.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     torch.manual_seed(seed)
     frames = dm.collect_frames(sorted(Path(synth_dir, "train").glob("*.mp4")))
     held = dm.collect_frames(sorted(Path(synth_dir, "test").glob("*.mp4")), every=40)
-    vae = dm.demo_components(seed)["vae"]
+    vae = make_vae()
     start = time.perf_counter()
-    metrics = dm.pretrain_vae(vae, frames, held_out=held, steps=steps, seed=seed, batch_size=8, lr=5e-4, crop=64,
-                              log=lambda m: get_run_logger().info("vae %s", m))
-    metrics["scaling_factor"] = dm.set_scaling_factor(vae, metrics["latent_std"])
-    metrics.update(frames=int(len(frames)), seconds=time.perf_counter() - start)
+    metrics = dm.pretrain_vae(vae, frames, held_out=held, steps=steps, seed=batch_seed, batch_size=8, crop=64,
+                              log=lambda m: get_run_logger().info("%s %s", label, m), **options)
+    metrics["scaling_factor"] = (dm.set_scaling_factor(vae, metrics["latent_std"]) if set_scale
+                                 else vae.config.scaling_factor)
+    metrics.update(frames=int(len(frames)), seconds=time.perf_counter() - start, **(record or {}))
     tmp = out.with_name(out.name + ".tmp")
     vae.save_pretrained(tmp)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     tmp.replace(out)
     return metrics
+
+
+@task(name="pretrain-vae", cache_policy=NO_CACHE)
+def pretrain_vae_task(synth_dir: str, out_dir: str, steps: int, seed: int) -> dict:
+    return _train_vae(synth_dir, Path(out_dir), lambda: dm.demo_components(seed)["vae"], steps, seed, "vae",
+                      set_scale=True, batch_seed=seed, lr=5e-4)
 
 
 @task(name="finetune-vae-decoder", cache_policy=NO_CACHE)
 def finetune_vae_decoder_task(synth_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int) -> dict:
     """Train the pre-trained VAE's decoder further with an SSIM term, its encoder frozen: the latents (and a
     UNet trained on them) stay valid, the reconstructions sharpen."""
-    import torch
     from diffusers import AutoencoderKLTemporalDecoder
 
-    out = Path(out_dir)
-    if (out / "config.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
-    torch.manual_seed(seed)
-    frames = dm.collect_frames(sorted(Path(synth_dir, "train").glob("*.mp4")))
-    held = dm.collect_frames(sorted(Path(synth_dir, "test").glob("*.mp4")), every=40)
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir)
-    start = time.perf_counter()
-    metrics = dm.pretrain_vae(vae, frames, held_out=held, steps=steps, seed=seed + 1, batch_size=8, lr=2e-4,
-                              crop=64, warmup_steps=20, ssim_weight=0.5, train_encoder=False,
-                              log=lambda m: get_run_logger().info("vae decoder %s", m))
-    metrics.update(frames=int(len(frames)), seconds=time.perf_counter() - start, decoder_only=True,
-                   ssim_weight=0.5, scaling_factor=vae.config.scaling_factor)
-    tmp = out.with_name(out.name + ".tmp")
-    vae.save_pretrained(tmp)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    tmp.replace(out)
-    return metrics
+    ssim_weight = 0.5
+    return _train_vae(synth_dir, Path(out_dir), lambda: AutoencoderKLTemporalDecoder.from_pretrained(vae_dir),
+                      steps, seed, "vae decoder", set_scale=False, batch_seed=seed + 1,
+                      record=dict(decoder_only=True, ssim_weight=ssim_weight), lr=2e-4, warmup_steps=20, ssim_weight=ssim_weight, train_encoder=False)
 
 
 @flow(name="demo_model", log_prints=True)

@@ -257,17 +257,13 @@ def pretrain_vae(vae, frames: np.ndarray, *, steps: int = 2000, batch_size: int 
 
 
 @torch.no_grad()
-def evaluate_vae(vae, frames, batch_size: int = 16) -> dict:
-    """Reconstruction PSNR (dB), SSIM and the latents' standard deviation (posterior modes).
-
-    ``frames``: uint8 frames (N, H, W, 3) or clips (N, T, H, W, 3) (each clip decoded as one chunk), or a
-    float tensor (N, 3, H, W) in [-1, 1] of single frames."""
+def evaluate_vae(vae, frames: np.ndarray, batch_size: int = 16) -> dict:
+    """Reconstruction PSNR (dB), SSIM and the latents' standard deviation (posterior modes) of uint8 frames
+    (N, H, W, 3) or clips (N, T, H, W, 3) (each clip decoded as one chunk)."""
     from mimicmotion.metrics import ssim
+    from mimicmotion.training.trainer import frames_uint8
 
-    if isinstance(frames, torch.Tensor):
-        clips = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()[:, None]
-    else:
-        clips = _as_clips(frames)
+    clips = _as_clips(frames)
     vae.eval()
     clip_len = clips.shape[1]
     step = max(1, batch_size // clip_len)
@@ -278,10 +274,9 @@ def evaluate_vae(vae, frames, batch_size: int = 16) -> dict:
         latents.append(posterior.mode())
         recons.append(vae.decode(posterior.mode(), num_frames=clip_len).sample)
         truth.append(images)
-    recon, images = torch.cat(recons), torch.cat(truth)
-    as_uint8 = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    recon, images = torch.cat(recons).clamp(-1, 1), torch.cat(truth)
     try:
-        similarity = float(ssim(as_uint8(recon), as_uint8(images)))
+        similarity = float(ssim(frames_uint8(recon), clips.reshape(-1, *clips.shape[2:])))
     except ConfigError:  # frames smaller than the SSIM window
         similarity = float("nan")
     return dict(psnr=psnr_of(recon, images), ssim=similarity, latent_std=float(torch.cat(latents).std()))

@@ -302,11 +302,12 @@ def vae_roundtrip(pipe, frames: np.ndarray, decode_chunk_size: int = 8, device=N
     decodes (``pipe.decode``: scaled latents, ``decode_chunk_size`` frames at a time)."""
     import torch
 
+    from mimicmotion.demo_model import frames_to_tensor
     from mimicmotion.pipeline import frames_to_uint8
 
     vae = pipe.vae
     device = torch.device(device) if device is not None else pipe._execution_device
-    pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    pixels = frames_to_tensor(frames)
     with torch.no_grad():
         latents = torch.cat([vae.encode(pixels[i:i + decode_chunk_size].to(device, vae.dtype)).latent_dist.mode()
                              for i in range(0, len(pixels), decode_chunk_size)])
@@ -339,8 +340,11 @@ def _folder_identity(folder) -> dict:
     """Every file under ``folder`` with its size and modification time: a base model whose VAE or UNet weights
     were replaced in place gets a new identity, so resumed evaluations do not reuse renders of the old one."""
     root = Path(folder).resolve()
-    files = {str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns]
-             for p in sorted(root.rglob("*")) if p.is_file()}
+    files = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            files[str(p.relative_to(root))] = [st.st_size, st.st_mtime_ns]
     return {"path": str(root), "files": files}
 
 

@@ -94,7 +94,7 @@ def _tiny_vae():
 def test_pretrain_vae_learns_and_sets_scale():
     frames = _frames(8, 32, 32)
     vae = _tiny_vae()
-    before = dm.evaluate_vae(vae, dm.frames_to_tensor(frames))["psnr"]
+    before = dm.evaluate_vae(vae, frames)["psnr"]
     logged = []
     metrics = dm.pretrain_vae(vae, frames, steps=60, batch_size=4, lr=3e-3, crop=16, warmup_steps=5, log_every=20,
                               log=logged.append)
