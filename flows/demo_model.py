@@ -6,7 +6,11 @@ synthetic dancers (train/test split) -> `curate` flow (sidecar poses) -> VAE pre
 frames -> base folder + random UNet/PoseNet -> `train` flow (Ray Train workers) -> `evaluate` flow on the
 test split against the two baselines -> (with --ship) the weights and model card into
 mimicmotion/assets/demo_model/. Every stage writes into ``work`` and is skipped when its output exists,
-so a re-run resumes (training itself resumes from its latest checkpoint).
+so a re-run resumes (training itself resumes from its latest checkpoint). ``--continue-from`` trains on from
+a finished demo model instead (its VAE and UNet; the VAE stages are skipped) and reports the totals:
+
+    python flows/demo_model.py --work /tmp/demo-more --continue-from mimicmotion/assets/demo_model \
+        --train-steps 1600 --train-seed 1 --ship
 """
 from __future__ import annotations
 
@@ -74,7 +78,8 @@ def finetune_vae_decoder_task(synth_dir: str, vae_dir: str, out_dir: str, steps:
 @flow(name="demo_model", log_prints=True)
 def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 3000, train_steps: int = 2400,
                workers: int = 2, lr: float = 2e-4, eval_steps: int = 10, eval_clips: int = 16, eval_frames: int = 16,
-               ship: bool = False, vae_decoder_steps: int = 0) -> dict:
+               ship: bool = False, vae_decoder_steps: int = 0, continue_from: Optional[str] = None,
+               train_seed: Optional[int] = None) -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
     from flows.train import train
@@ -86,29 +91,37 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     curate(inputs=[str(synth / "train"), str(synth / "test")], catalog=str(catalog), pose_source="sidecar",
            sample_stride=2, clip_length=24, min_clip_length=dm.DEMO_TILE_SIZE + 1, aspect="2:3",
            resolution=dm.DEMO_RESOLUTION, contact_sheet_tiles=12)
-    vae_metrics = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed)
-    from diffusers import AutoencoderKLTemporalDecoder
+    if continue_from:
+        # a finished demo model (its VAE, CLIP and UNet) trained on: copied first, so shipping the result
+        # over the folder it came from cannot change what a resumed run starts from
+        base, init = dm.demo_model_paths(dm.copy_demo_model(continue_from, root / "start"))
+        prior = dm.prior_training(root / "start")
+        vae_metrics = prior["vae"]
+    else:
+        prior = None
+        vae_metrics = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed)
+        from diffusers import AutoencoderKLTemporalDecoder
 
-    vae_dir = root / "vae"
-    if vae_decoder_steps > 0:
-        vae_metrics = dict(vae_metrics, decoder=finetune_vae_decoder_task(
-            str(synth), str(vae_dir), str(root / "vae-decoder"), vae_decoder_steps, seed))
-        vae_dir = root / "vae-decoder"
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir)
-    # pretrain_vae already holds them; this also repairs a VAE pre-trained before it did (a no-op otherwise)
-    dm.hold_decoder_framewise(vae)
-    base, init = dm.build_initial_model(root / "init", vae, seed)
+        vae_dir = root / "vae"
+        if vae_decoder_steps > 0:
+            vae_metrics = dict(vae_metrics, decoder=finetune_vae_decoder_task(
+                str(synth), str(vae_dir), str(root / "vae-decoder"), vae_decoder_steps, seed))
+            vae_dir = root / "vae-decoder"
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir)
+        # pretrain_vae already holds them; this also repairs a VAE pre-trained before it did (a no-op otherwise)
+        dm.hold_decoder_framewise(vae)
+        base, init = dm.build_initial_model(root / "init", vae, seed)
     train_sql, train_params = dm.split_sql("train")
     run = train(catalog=str(catalog), base_model=str(base), checkpoint=str(init), run_dir=str(root / "run"),
                 workers=workers, steps=train_steps, sql=train_sql, query_params=train_params, torch_threads=1,
-                config=dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed))
+                config=dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed if train_seed is None else train_seed))
     test_sql, test_params = dm.split_sql("test", first_clip_only=True, limit=eval_clips)
     scores = evaluate(catalog=str(catalog), out_dir=str(root / "eval"), base_model=str(base),
                       checkpoint=run["model"], sql=test_sql, params=test_params,
                       baselines=["copy_reference", "blank_pose", "vae_reconstruction"], resolution=dm.DEMO_RESOLUTION,
                       tile_size=dm.DEMO_TILE_SIZE, tile_overlap=dm.DEMO_TILE_OVERLAP, steps=eval_steps, seed=seed,
                       max_frames=eval_frames, device="cpu")
-    run = dict(run, **dm.training_record(run["metrics"]))
+    run = dict(run, **dm.training_record(run["metrics"], prior=prior and prior["train"]))
     summary = dict(vae=vae_metrics, train=run, evaluation=scores.get("summary", scores))
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if ship:
@@ -133,11 +146,17 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-steps", type=int, default=10, help="denoising steps of the evaluation renders")
     ap.add_argument("--eval-clips", type=int, default=16, help="test clips evaluated (one per test video)")
     ap.add_argument("--eval-frames", type=int, default=16, help="frames per evaluated clip (reference included)")
+    ap.add_argument("--continue-from", metavar="DIR",
+                    help="train on from a finished demo model folder (e.g. mimicmotion/assets/demo_model): its "
+                         "VAE, CLIP and UNet are the start; the VAE stages are skipped")
+    ap.add_argument("--train-seed", type=int, help="seed of the training draws (default: --seed); give a new one "
+                                                   "with --continue-from so the run does not replay the same noise")
     ap.add_argument("--ship", action="store_true", help="copy the result into mimicmotion/assets/demo_model/")
     args = ap.parse_args(argv)
     summary = demo_model(args.work, args.videos, args.seed, args.vae_steps, args.train_steps, args.workers, args.lr,
                          eval_steps=args.eval_steps, eval_clips=args.eval_clips, eval_frames=args.eval_frames,
-                         ship=args.ship, vae_decoder_steps=args.vae_decoder_steps)
+                         ship=args.ship, vae_decoder_steps=args.vae_decoder_steps,
+                         continue_from=args.continue_from, train_seed=args.train_seed)
     print(json.dumps(summary.get("evaluation"), indent=2, default=str))
     return 0
 

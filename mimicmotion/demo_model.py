@@ -50,7 +50,7 @@ DEMO_CLIP_CONFIG = dict(TINY_CLIP_CONFIG)
 DEMO_TRAIN_CONFIG = dict(
     num_frames=DEMO_TILE_SIZE - 1, height=DEMO_HEIGHT, width=DEMO_WIDTH, batch_size=1, lr=2e-4, warmup_steps=100,
     log_sigma_mean=0.7, log_sigma_std=1.6, checkpoint_every=200, keep_checkpoints=2, validate_every=0,
-    ema_decay=None,
+    ema_decay=None, latent_cache_frames=8192,  # every training frame's posterior stays in memory (~100 MB)
 )
 
 # Component seeds are offsets of the caller's seed (the same component whatever else is built).
@@ -406,10 +406,46 @@ def ship_model(base_dir, checkpoint, card_markdown: str, target=None, extra_file
     return target
 
 
-def training_record(metrics_csv) -> dict:
+def copy_demo_model(source, target) -> Path:
+    """Copy a demo model folder (``base/``, the checkpoint, its ``summary.json`` when present) to ``target`` in
+    one rename; a ``target`` that already holds a model is kept as it is (a re-run resumes from the same
+    start). Returns ``target``."""
+    import shutil
+
+    base, checkpoint = demo_model_paths(source)
+    target = Path(target)
+    if (target / SHIPPED_CHECKPOINT).is_file():
+        return target
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(base, tmp / "base", ignore=shutil.ignore_patterns(".*"))
+    shutil.copy2(checkpoint, tmp / SHIPPED_CHECKPOINT)
+    if (Path(source) / "summary.json").is_file():
+        shutil.copy2(Path(source) / "summary.json", tmp / "summary.json")
+    tmp.replace(target)
+    return target
+
+
+def prior_training(folder) -> dict:
+    """What a demo model folder's ``summary.json`` records of how it was made: ``{"vae": ..., "train": ...}``
+    (empty dicts when the folder has no summary), so a model trained on from it can report its totals."""
+    path = Path(folder) / "summary.json"
+    if not path.is_file():
+        return {"vae": {}, "train": {}}
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a readable JSON summary ({exc}); remove it or restore the demo model "
+                          "folder it came with") from exc
+    return {"vae": summary.get("vae") or {}, "train": summary.get("train") or {}}
+
+
+def training_record(metrics_csv, prior: Optional[dict] = None) -> dict:
     """Totals of a run's metrics.csv (rank 0's rows, one per step): steps, training seconds (the sum of
     step and data times, so restarts and start-up are not counted), and the mean loss of the first and
-    last 100 steps."""
+    last 100 steps. ``prior``: the training record of the model this run started from (``prior_training``);
+    then ``total_steps`` / ``total_train_seconds`` add it, and ``continued_from`` keeps its totals."""
     import csv
 
     with open(metrics_csv, newline="") as fh:
@@ -418,8 +454,14 @@ def training_record(metrics_csv) -> dict:
         raise ConfigError(f"{metrics_csv} has no steps")
     loss = [float(r["loss"]) for r in rows]
     seconds = sum(float(r["step_time_s"]) + float(r.get("data_time_s") or 0) for r in rows)
-    return dict(steps_logged=len(rows), train_seconds=round(seconds, 1),
-                first_loss=round(float(np.mean(loss[:100])), 4), last_loss=round(float(np.mean(loss[-100:])), 4))
+    record = dict(steps_logged=len(rows), train_seconds=round(seconds, 1),
+                  first_loss=round(float(np.mean(loss[:100])), 4), last_loss=round(float(np.mean(loss[-100:])), 4))
+    if prior:
+        before = dict(steps=int(prior.get("total_steps", prior.get("step") or 0)),
+                      train_seconds=float(prior.get("total_train_seconds", prior.get("train_seconds") or 0.0)))
+        record.update(continued_from=before, total_steps=before["steps"] + len(rows),
+                      total_train_seconds=round(before["train_seconds"] + seconds, 1))
+    return record
 
 
 def model_card(summary: dict) -> str:
@@ -439,6 +481,10 @@ def model_card(summary: dict) -> str:
            f"(1 - SSIM)): {json.dumps({k: vae['decoder'][k] for k in ('step', 'psnr', 'ssim', 'seconds') if k in vae['decoder']})}"]
           if isinstance(vae.get("decoder"), dict) else []),
         f"- UNet + PoseNet: {json.dumps({k: run.get(k) for k in ('step', 'workers', 'clips', 'train_seconds', 'first_loss', 'last_loss')}, default=str)}",
+        *([f"- Continued from an earlier demo model trained {run['continued_from']['steps']} steps "
+           f"({run['continued_from']['train_seconds']:.0f} s): {run['total_steps']} steps, "
+           f"{run['total_train_seconds']:.0f} s of training in all (the continuation's loss is logged from its "
+           "own step 1)"] if run.get("continued_from") else []),
         f"- Config: {json.dumps(DEMO_TRAIN_CONFIG)}",
         "- CLIP image encoder: random initialisation, frozen (see mimicmotion/demo_model.py).", "",
         "## Results on the test split", "", "```", json.dumps(evaluation, indent=2, default=str), "```", "",

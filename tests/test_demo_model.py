@@ -1,6 +1,7 @@
 """The demo model's recipe pieces: architecture, VAE pre-training, files, split selection, shipping."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -258,6 +259,38 @@ def test_training_record_sums_step_time(tmp_path):
     (tmp_path / "empty.csv").write_text("step,loss,step_time_s\n")
     with pytest.raises(ConfigError, match="no steps"):
         dm.training_record(tmp_path / "empty.csv")
+
+    # a run that trained on from an earlier model adds that model's totals (which may themselves be totals)
+    first = dict(step=1000, train_seconds=3000.0)
+    record = dm.training_record(path, prior=first)
+    assert record["continued_from"] == dict(steps=1000, train_seconds=3000.0)
+    assert (record["total_steps"], record["total_train_seconds"]) == (1150, 3112.5)
+    again = dm.training_record(path, prior=dict(record, step=150))
+    assert (again["total_steps"], again["total_train_seconds"]) == (1300, 3225.0)
+    card = dm.model_card({"train": dict(record, step=150)})
+    assert "Continued from an earlier demo model trained 1000 steps (3000 s): 1150 steps, 3112 s" in card
+
+
+def test_copy_demo_model_keeps_an_existing_start(tmp_path):
+    base, checkpoint = dm.save_demo_model(tmp_path / "shipped", dm.demo_components())
+    summary = {"vae": {"psnr": 22.0}, "train": {"step": 1000, "train_seconds": 3000.0}}
+    (tmp_path / "shipped" / "summary.json").write_text(json.dumps(summary))
+    weights = checkpoint.read_bytes()
+    start = dm.copy_demo_model(tmp_path / "shipped", tmp_path / "work" / "start")
+    assert dm.demo_model_paths(start) == (start / "base", start / dm.SHIPPED_CHECKPOINT)
+    assert (start / dm.SHIPPED_CHECKPOINT).read_bytes() == weights
+    assert dm.prior_training(start) == summary
+    # shipping a new model over the source must not change the start of a resumed run
+    (tmp_path / "shipped" / dm.SHIPPED_CHECKPOINT).write_bytes(b"new")
+    dm.copy_demo_model(tmp_path / "shipped", start)
+    assert (start / dm.SHIPPED_CHECKPOINT).read_bytes() == weights
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["start"]
+    assert dm.prior_training(tmp_path / "shipped" / "base") == {"vae": {}, "train": {}}
+    (start / "summary.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="summary.json is not a readable JSON summary"):
+        dm.prior_training(start)
+    with pytest.raises(ModelFileError, match="no demo model"):
+        dm.copy_demo_model(tmp_path / "nothing", tmp_path / "other")
 
 
 def test_ssim_torch_matches_the_metric():

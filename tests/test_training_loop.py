@@ -13,7 +13,8 @@ import torch
 from mimicmotion.errors import ConfigError, ModelFileError
 from mimicmotion.tiny import save_tiny_model, tiny_components
 from mimicmotion.training import trainer as tr
-from mimicmotion.training.trainer import (MODEL_FILE, RAW_MODEL_FILE, STATE_FILE, Denoiser, TrainConfig, Trainer,
+from mimicmotion.training.trainer import (MODEL_FILE, RAW_MODEL_FILE, STATE_FILE, Denoiser, LatentCache, TrainConfig,
+                                          Trainer, clip_latents, config_differences, frame_keys,
                                           latest_checkpoint, load_train_state, prepare_modules, train, training_step)
 
 H, W, F = 64, 32, 2  # training size (multiple of the tiny UNet's 16) and clip frames after the reference
@@ -207,6 +208,37 @@ def test_training_step_is_deterministic_and_weights_hands():
     assert math.isnan(no_hands["hand_loss"].item())
     with pytest.raises(ConfigError, match="batch\\['pixels'\\] must be a tensor"):
         training_step(modules, {**batch, "pixels": batch["pixels"][:, :2]}, cfg, torch.Generator())
+
+
+def test_latent_cache_gives_the_same_latents_and_losses():
+    cfg = config(condition_dropout=0.0)
+    modules = prepare_modules(tiny_components(0), cfg, "cpu")
+    batch = batch_of([make_item(1), make_item(2)])
+    frames = batch["pixels"]
+    keys = frame_keys(batch)
+    assert keys[:2] == [("clip1", 0), ("clip1", 1)] and keys[1 + F] == ("clip2", 0) and len(keys) == 2 * (1 + F)
+    plain = clip_latents(modules.vae, frames, torch.Generator().manual_seed(4), chunk=3)
+    cache = LatentCache(max_frames=5)  # room for some frames only: the rest are encoded every time
+    for expect_hits in (0, 5):
+        cached = clip_latents(modules.vae, frames, torch.Generator().manual_seed(4), 3, cache, keys)
+        torch.testing.assert_close(cached, plain, rtol=1e-5, atol=1e-5)
+        assert cache.hits == expect_hits and len(cache) == 5
+    # the same noise draws as without the cache, and other draws with another seed
+    other = clip_latents(modules.vae, frames, torch.Generator().manual_seed(5), 3, cache, keys)
+    assert not torch.allclose(other, plain, atol=1e-3)
+    with pytest.raises(ConfigError, match="one key per frame"):
+        clip_latents(modules.vae, frames, torch.Generator(), 3, cache, keys[:-1])
+    with pytest.raises(ConfigError, match="clip_id and source_frames"):
+        frame_keys({"pixels": frames})
+    with pytest.raises(ConfigError, match="max_frames >= 1"):
+        LatentCache(0)
+    # a training step with the cache: the same loss, and a run can switch it on when it resumes
+    with_cache = prepare_modules(tiny_components(0), config(condition_dropout=0.0, latent_cache_frames=64), "cpu")
+    losses = [training_step(m, batch, cfg, torch.Generator().manual_seed(9))["loss"].item()
+              for m in (modules, with_cache, with_cache)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == losses[1]
+    assert len(with_cache.latent_cache) == 2 * (1 + F) and with_cache.latent_cache.hits == 2 * (1 + F)
+    assert config_differences(config().to_dict(), config(latent_cache_frames=64)) == []
 
 
 def test_loss_goes_down_on_a_fixed_batch():
