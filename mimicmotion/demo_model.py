@@ -389,14 +389,8 @@ def ship_model(base_dir, checkpoint, card_markdown: str, target=None, extra_file
     import shutil
 
     target = Path(target) if target is not None else SHIPPED_DIR
-    tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(base_dir, tmp / "base", ignore=shutil.ignore_patterns(".*"))
-    shutil.copy2(checkpoint, tmp / SHIPPED_CHECKPOINT)
+    tmp = _staged_model_folder(base_dir, checkpoint, target, extra_files)
     (tmp / "MODEL_CARD.md").write_text(card_markdown)
-    for extra in extra_files:
-        shutil.copy2(extra, tmp / Path(extra).name)
     old = target.with_name(f".{target.name}.old")
     if target.exists():
         target.replace(old)
@@ -406,24 +400,31 @@ def ship_model(base_dir, checkpoint, card_markdown: str, target=None, extra_file
     return target
 
 
+def _staged_model_folder(base_dir, checkpoint, target: Path, extra_files=()) -> Path:
+    """A fresh temporary sibling of ``target`` holding ``base/``, the checkpoint and ``extra_files``: the
+    caller renames it into place."""
+    import shutil
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(base_dir, tmp / "base", ignore=shutil.ignore_patterns(".*"))
+    shutil.copy2(checkpoint, tmp / SHIPPED_CHECKPOINT)
+    for extra in extra_files:
+        shutil.copy2(extra, tmp / Path(extra).name)
+    return tmp
+
+
 def copy_demo_model(source, target) -> Path:
     """Copy a demo model folder (``base/``, the checkpoint, its ``summary.json`` when present) to ``target`` in
     one rename; a ``target`` that already holds a model is kept as it is (a re-run resumes from the same
     start). Returns ``target``."""
-    import shutil
-
     base, checkpoint = demo_model_paths(source)
     target = Path(target)
     if (target / SHIPPED_CHECKPOINT).is_file():
         return target
-    tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(base, tmp / "base", ignore=shutil.ignore_patterns(".*"))
-    shutil.copy2(checkpoint, tmp / SHIPPED_CHECKPOINT)
-    if (Path(source) / "summary.json").is_file():
-        shutil.copy2(Path(source) / "summary.json", tmp / "summary.json")
-    tmp.replace(target)
+    summary = Path(source) / "summary.json"
+    _staged_model_folder(base, checkpoint, target, [summary] if summary.is_file() else []).replace(target)
     return target
 
 

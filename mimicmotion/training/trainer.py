@@ -499,16 +499,17 @@ def clip_latents(vae, frames: torch.Tensor, generator, chunk: int = 8, cache: Op
     b, f = frames.shape[:2]
     flat = frames.flatten(0, 1)
     if cache is None:
-        parts = [vae.encode(flat[i:i + chunk].to(vae.dtype)).latent_dist.sample(generator)
-                 for i in range(0, flat.shape[0], chunk)]
+        dists = [vae.encode(flat[i:i + chunk].to(vae.dtype)).latent_dist for i in range(0, flat.shape[0], chunk)]
+        mean, std = torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
     else:
         if keys is None or len(keys) != flat.shape[0]:
             raise ConfigError(f"the latent cache needs one key per frame ({flat.shape[0]}), got "
                               f"{None if keys is None else len(keys)}")
         mean, std = cache.posteriors(vae, flat, keys, chunk)
-        parts = [mean[i:i + chunk] + std[i:i + chunk] * randn_tensor(
-                     mean[i:i + chunk].shape, generator=generator, device=mean.device, dtype=mean.dtype)
-                 for i in range(0, flat.shape[0], chunk)]
+    # one draw per chunk, as DiagonalGaussianDistribution.sample makes them: the same noise either way
+    parts = [mean[i:i + chunk] + std[i:i + chunk] * randn_tensor(
+                 mean[i:i + chunk].shape, generator=generator, device=mean.device, dtype=mean.dtype)
+             for i in range(0, flat.shape[0], chunk)]
     latents = torch.cat(parts).float() * vae.config.scaling_factor
     return latents.reshape(b, f, *latents.shape[1:])
 
