@@ -11,6 +11,9 @@ a finished demo model instead (its VAE and UNet; the VAE stages are skipped) and
 
     python flows/demo_model.py --work /tmp/demo-more --continue-from mimicmotion/assets/demo_model \
         --train-steps 1600 --train-seed 1 --ship
+
+``--decay-steps N`` lowers the learning rate linearly towards 0 over the run's last N steps (e.g. a final
+phase of a continued model).
 """
 from __future__ import annotations
 
@@ -79,7 +82,7 @@ def finetune_vae_decoder_task(synth_dir: str, vae_dir: str, out_dir: str, steps:
 def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 3000, train_steps: int = 2400,
                workers: int = 2, lr: float = 2e-4, eval_steps: int = 10, eval_clips: int = 16, eval_frames: int = 16,
                ship: bool = False, vae_decoder_steps: int = 0, continue_from: Optional[str] = None,
-               train_seed: Optional[int] = None) -> dict:
+               train_seed: Optional[int] = None, decay_steps: int = 0) -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
     from flows.train import train
@@ -114,7 +117,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     train_sql, train_params = dm.split_sql("train")
     run = train(catalog=str(catalog), base_model=str(base), checkpoint=str(init), run_dir=str(root / "run"),
                 workers=workers, steps=train_steps, sql=train_sql, query_params=train_params, torch_threads=1,
-                config=dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed if train_seed is None else train_seed))
+                config=dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed if train_seed is None else train_seed,
+                                decay_steps=decay_steps))
     test_sql, test_params = dm.split_sql("test", first_clip_only=True, limit=eval_clips)
     scores = evaluate(catalog=str(catalog), out_dir=str(root / "eval"), base_model=str(base),
                       checkpoint=run["model"], sql=test_sql, params=test_params,
@@ -151,12 +155,15 @@ def main(argv=None) -> int:
                          "VAE, CLIP and UNet are the start; the VAE stages are skipped")
     ap.add_argument("--train-seed", type=int, help="seed of the training draws (default: --seed); give a new one "
                                                    "with --continue-from so the run does not replay the same noise")
+    ap.add_argument("--decay-steps", type=int, default=0,
+                    help="the last this many training steps lower the lr linearly towards 0 (default 0: constant)")
     ap.add_argument("--ship", action="store_true", help="copy the result into mimicmotion/assets/demo_model/")
     args = ap.parse_args(argv)
     summary = demo_model(args.work, args.videos, args.seed, args.vae_steps, args.train_steps, args.workers, args.lr,
                          eval_steps=args.eval_steps, eval_clips=args.eval_clips, eval_frames=args.eval_frames,
                          ship=args.ship, vae_decoder_steps=args.vae_decoder_steps,
-                         continue_from=args.continue_from, train_seed=args.train_seed)
+                         continue_from=args.continue_from, train_seed=args.train_seed,
+                         decay_steps=args.decay_steps)
     print(json.dumps(summary.get("evaluation"), indent=2, default=str))
     return 0
 

@@ -96,6 +96,7 @@ def tiny_model(tmp_path_factory):
     ("gradient_checkpointing", "yes", "gradient_checkpointing must be true or false"),
     ("reference", "last", "reference must be one of random, first"),
     ("keep_checkpoints", 0, "keep_checkpoints"),
+    ("decay_steps", 1001, r"decay_steps must be an integer in \[0, 1000\]"),
 ])
 def test_bad_config_names_the_field(field, value, words):
     with pytest.raises(ConfigError, match=words):
@@ -130,9 +131,26 @@ def test_fp16_on_cpu_and_size_for_the_unet_are_refused():
 def test_warmup_and_seeds():
     assert [tr.warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert tr.warmup_factor(0, 0) == 1.0
+    # decay: the last 4 of 10 steps fall linearly; warm-up and decay overlapping take the smaller factor
+    assert [tr.warmup_factor(s, 2, 10, 4) for s in range(10)] == [0.5] + [1.0] * 6 + [0.75, 0.5, 0.25]
+    assert [tr.warmup_factor(s, 4, 4, 4) for s in range(4)] == [0.25, 0.5, 0.5, 0.25]
+    assert tr.warmup_factor(0, 0, 10, 0) == 1.0
     seeds = {tr.rank_seed(s, r) for s in (0, 1) for r in range(4)}
     assert len(seeds) == 8 and tr.rank_seed(5, 1) == tr.rank_seed(5, 1)
     assert all(0 <= s < 2 ** 63 for s in seeds)
+
+
+def test_decay_lowers_the_trainer_lr_and_old_checkpoints_still_resume():
+    cfg = config(steps=4, warmup_steps=0, decay_steps=3, lr=1e-3, condition_dropout=0.0)
+    trainer = Trainer(prepare_modules(tiny_components(0), cfg, "cpu"), cfg)
+    batch = batch_of([make_item(1), make_item(2)])
+    lrs = [trainer.train_step(batch)["lr"] for _ in range(4)]
+    assert lrs == pytest.approx([1e-3, 1e-3, 2e-3 / 3, 1e-3 / 3])
+    # a checkpoint written before decay_steps existed ran with the default: it resumes, a decay does not
+    saved = config().to_dict()
+    del saved["decay_steps"]
+    assert config_differences(saved, config()) == []
+    assert config_differences(saved, config(decay_steps=2)) == ["decay_steps: checkpoint 0, now 2"]
 
 
 def test_temporal_parameter_names():

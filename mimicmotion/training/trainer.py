@@ -89,6 +89,9 @@ class TrainConfig:
     batch_size: int = 1
     lr: float = 1e-5
     warmup_steps: int = 500
+    # Optimiser steps at the end of ``steps`` over which the lr falls linearly towards 0 (a warm-up, stable,
+    # decay schedule); 0 = constant after the warm-up, as released.
+    decay_steps: int = 0
     weight_decay: float = 1e-2
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -158,6 +161,7 @@ class TrainConfig:
         integer("batch_size", 1)
         number("lr", 0.0, low_open=True, hint="; the paper uses 1e-5")
         integer("warmup_steps", 0)
+        integer("decay_steps", 0, self.steps)
         number("weight_decay", 0.0)
         number("adam_beta1", 0.0, 1.0)
         number("adam_beta2", 0.0, 1.0)
@@ -223,16 +227,21 @@ class TrainConfig:
 def config_differences(saved: dict, current: TrainConfig) -> list[str]:
     """Settings that differ between a checkpoint's config and ``current``, except those a resume may change."""
     now = current.to_dict()
-    return [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in sorted(now)
-            if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    # a setting added after the checkpoint was written is compared as its default (what that run used)
+    default = TrainConfig().to_dict()
+    return [f"{k}: checkpoint {saved.get(k, default[k])!r}, now {now[k]!r}" for k in sorted(now)
+            if k not in RESUMABLE_CHANGES and saved.get(k, default[k]) != now[k]]
 
 
-def warmup_factor(step: int, warmup_steps: int) -> float:
+def warmup_factor(step: int, warmup_steps: int, total_steps: int = 0, decay_steps: int = 0) -> float:
     """Learning-rate multiplier of optimiser step ``step`` (0-based): (step + 1) / warmup_steps during the
-    warm-up, then 1 (the paper: lr 1e-5 with 500 warm-up steps, constant after)."""
-    if warmup_steps <= 0:
-        return 1.0
-    return min(1.0, (step + 1) / warmup_steps)
+    warm-up, then 1 (the paper: lr 1e-5 with 500 warm-up steps, constant after). With ``decay_steps`` the
+    last ``decay_steps`` of ``total_steps`` fall linearly: (total_steps - step) / decay_steps, so the final
+    step runs at 1 / decay_steps; where warm-up and decay overlap the smaller factor holds."""
+    factor = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+    if decay_steps > 0:
+        factor = min(factor, max(0.0, (total_steps - step) / decay_steps))
+    return factor
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -615,8 +624,8 @@ class Trainer:
         if not params:
             raise ConfigError("nothing to train: every parameter is frozen")
         self.optimizer = make_optimizer(config, params)
-        warmup = config.warmup_steps
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_factor(s, warmup))
+        schedule = (config.warmup_steps, config.steps, config.decay_steps)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_factor(s, *schedule))
         self.scaler = torch.amp.GradScaler(modules.device.type) if config.mixed_precision == "fp16" else None
         self.ema = None
         if config.ema_decay is not None and rank == 0:
