@@ -115,17 +115,18 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         dm.hold_decoder_framewise(vae)
         base, init = dm.build_initial_model(root / "init", vae, seed)
     train_sql, train_params = dm.split_sql("train")
+    train_config = dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed if train_seed is None else train_seed,
+                        decay_steps=decay_steps)
     run = train(catalog=str(catalog), base_model=str(base), checkpoint=str(init), run_dir=str(root / "run"),
                 workers=workers, steps=train_steps, sql=train_sql, query_params=train_params, torch_threads=1,
-                config=dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed if train_seed is None else train_seed,
-                                decay_steps=decay_steps))
+                config=train_config)
     test_sql, test_params = dm.split_sql("test", first_clip_only=True, limit=eval_clips)
     scores = evaluate(catalog=str(catalog), out_dir=str(root / "eval"), base_model=str(base),
                       checkpoint=run["model"], sql=test_sql, params=test_params,
                       baselines=["copy_reference", "blank_pose", "vae_reconstruction"], resolution=dm.DEMO_RESOLUTION,
                       tile_size=dm.DEMO_TILE_SIZE, tile_overlap=dm.DEMO_TILE_OVERLAP, steps=eval_steps, seed=seed,
                       max_frames=eval_frames, device="cpu")
-    run = dict(run, **dm.training_record(run["metrics"], prior=prior and prior["train"]))
+    run = dict(run, config=train_config, **dm.training_record(run["metrics"], prior=prior and prior["train"]))
     summary = dict(vae=vae_metrics, train=run, evaluation=scores.get("summary", scores))
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if ship:

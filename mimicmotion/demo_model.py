@@ -486,7 +486,7 @@ def model_card(summary: dict) -> str:
            f"({run['continued_from']['train_seconds']:.0f} s): {run['total_steps']} steps, "
            f"{run['total_train_seconds']:.0f} s of training in all (the continuation's loss is logged from its "
            "own step 1)"] if run.get("continued_from") else []),
-        f"- Config: {json.dumps(DEMO_TRAIN_CONFIG)}",
+        f"- Config: {json.dumps(run.get('config', DEMO_TRAIN_CONFIG))}",
         "- CLIP image encoder: random initialisation, frozen (see mimicmotion/demo_model.py).", "",
         "## Results on the test split", "", "```", json.dumps(evaluation, indent=2, default=str), "```", "",
         *_baseline_verdicts(evaluation),

@@ -248,6 +248,9 @@ def test_model_card_states_recipe_and_results():
     assert "against copy_reference: the model beats it on ssim (SSIM 0.500 vs 0.400, PSNR 21.00 vs 22.00 dB)" in card
     assert "ceiling: the test frames through the VAE score SSIM 0.900, PSNR 25.00 dB" in card
     assert "against vae_reconstruction" not in card
+    assert f"- Config: {json.dumps(dm.DEMO_TRAIN_CONFIG)}" in card  # a summary without the run's config
+    card = dm.model_card({"train": {"step": 7, "config": dict(dm.DEMO_TRAIN_CONFIG, decay_steps=7, seed=2)}})
+    assert '"decay_steps": 7' in card and '"seed": 2' in card
 
 
 def test_training_record_sums_step_time(tmp_path):
