@@ -508,3 +508,13 @@ def test_gpu_benchmark_dry_run_and_tiny_run_on_cpu():
     row = train_gpu.main(["--tiny", "--device", "cpu", "--frames", "2", "--height", "64", "--width", "32",
                           "--steps", "2", "--warmup", "1", "--mixed-precision", "no", "--optimizer", "adamw"])
     assert row["samples_per_s"] > 0 and row["peak_memory_gib"] is None and math.isfinite(row["last_loss"])
+
+
+def test_train_cli_passes_the_lr_schedule_options():
+    from mimicmotion.cli import build_parser
+    from mimicmotion.training.cli import config_overrides
+
+    args = build_parser().parse_args(["train", "--catalog", "c", "--base-model", "b", "--run-dir", "r",
+                                      "--warmup-steps", "10", "--decay-steps", "300", "--steps", "900"])
+    assert config_overrides(args) == {"warmup_steps": 10, "decay_steps": 300}
+    assert TrainConfig.from_dict(dict(config_overrides(args), steps=args.steps)).validate().decay_steps == 300

@@ -14,7 +14,7 @@ from mimicmotion.errors import ConfigError
 
 # CLI option -> TrainConfig field, for the options passed through as they are (None = not given).
 CONFIG_OPTIONS = (
-    "lr", "warmup_steps", "weight_decay", "grad_clip", "mixed_precision", "optimizer", "trainable", "ema_decay",
+    "lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "mixed_precision", "optimizer", "trainable", "ema_decay",
     "num_frames", "height", "width", "reference", "seed", "checkpoint_every", "keep_checkpoints", "validate_every",
     "validation_steps", "condition_dropout", "noise_aug", "hand_weight", "hand_threshold", "log_sigma_mean",
     "log_sigma_std", "data_workers",
@@ -103,6 +103,8 @@ def add_train_command(subparsers) -> None:
     t.add_argument("--batch-size", type=int, default=None, help="clips per worker per step (default: 1)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-5)")
     t.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 500)")
+    t.add_argument("--decay-steps", type=int, default=None,
+                   help="last steps over which the lr falls linearly towards 0 (default: 0, constant as released)")
     t.add_argument("--weight-decay", type=float, default=None)
     t.add_argument("--grad-clip", type=float, default=None, help="max gradient norm (default: 1.0)")
     t.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)

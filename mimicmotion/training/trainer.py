@@ -90,7 +90,8 @@ class TrainConfig:
     lr: float = 1e-5
     warmup_steps: int = 500
     # Optimiser steps at the end of ``steps`` over which the lr falls linearly towards 0 (a warm-up, stable,
-    # decay schedule); 0 = constant after the warm-up, as released.
+    # decay schedule); 0 = constant after the warm-up, as released. Counted from the current ``steps``: a run
+    # resumed with more steps starts its decay later.
     decay_steps: int = 0
     weight_decay: float = 1e-2
     adam_beta1: float = 0.9
