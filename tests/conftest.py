@@ -18,7 +18,6 @@ def shared_assets():
     return assets
 
 
-
 @pytest.fixture(autouse=True)
 def log_handlers_keep_an_open_stream():
     """Prefect (re)creates its console log handler on the sys.stderr of the moment, e.g. when a test's first

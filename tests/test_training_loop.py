@@ -129,12 +129,12 @@ def test_fp16_on_cpu_and_size_for_the_unet_are_refused():
 
 
 def test_warmup_and_seeds():
-    assert [tr.warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert tr.warmup_factor(0, 0) == 1.0
+    assert [tr.lr_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert tr.lr_factor(0, 0) == 1.0
     # decay: the last 4 of 10 steps fall linearly; warm-up and decay overlapping take the smaller factor
-    assert [tr.warmup_factor(s, 2, 10, 4) for s in range(10)] == [0.5] + [1.0] * 6 + [0.75, 0.5, 0.25]
-    assert [tr.warmup_factor(s, 4, 4, 4) for s in range(4)] == [0.25, 0.5, 0.5, 0.25]
-    assert tr.warmup_factor(0, 0, 10, 0) == 1.0
+    assert [tr.lr_factor(s, 2, 10, 4) for s in range(10)] == [0.5] + [1.0] * 6 + [0.75, 0.5, 0.25]
+    assert [tr.lr_factor(s, 4, 4, 4) for s in range(4)] == [0.25, 0.5, 0.5, 0.25]
+    assert tr.lr_factor(0, 0, 10, 0) == 1.0
     seeds = {tr.rank_seed(s, r) for s in (0, 1) for r in range(4)}
     assert len(seeds) == 8 and tr.rank_seed(5, 1) == tr.rank_seed(5, 1)
     assert all(0 <= s < 2 ** 63 for s in seeds)

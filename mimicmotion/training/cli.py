@@ -14,10 +14,10 @@ from mimicmotion.errors import ConfigError
 
 # CLI option -> TrainConfig field, for the options passed through as they are (None = not given).
 CONFIG_OPTIONS = (
-    "lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "mixed_precision", "optimizer", "trainable", "ema_decay",
-    "num_frames", "height", "width", "reference", "seed", "checkpoint_every", "keep_checkpoints", "validate_every",
-    "validation_steps", "condition_dropout", "noise_aug", "hand_weight", "hand_threshold", "log_sigma_mean",
-    "log_sigma_std", "data_workers",
+    "lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "mixed_precision", "optimizer", "trainable",
+    "ema_decay", "num_frames", "height", "width", "reference", "seed", "checkpoint_every", "keep_checkpoints",
+    "validate_every", "validation_steps", "condition_dropout", "noise_aug", "hand_weight", "hand_threshold",
+    "log_sigma_mean", "log_sigma_std", "data_workers",
 )
 
 

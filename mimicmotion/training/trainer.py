@@ -234,7 +234,7 @@ def config_differences(saved: dict, current: TrainConfig) -> list[str]:
             if k not in RESUMABLE_CHANGES and saved.get(k, default[k]) != now[k]]
 
 
-def warmup_factor(step: int, warmup_steps: int, total_steps: int = 0, decay_steps: int = 0) -> float:
+def lr_factor(step: int, warmup_steps: int, total_steps: int = 0, decay_steps: int = 0) -> float:
     """Learning-rate multiplier of optimiser step ``step`` (0-based): (step + 1) / warmup_steps during the
     warm-up, then 1 (the paper: lr 1e-5 with 500 warm-up steps, constant after). With ``decay_steps`` the
     last ``decay_steps`` of ``total_steps`` fall linearly: (total_steps - step) / decay_steps, so the final
@@ -626,7 +626,7 @@ class Trainer:
             raise ConfigError("nothing to train: every parameter is frozen")
         self.optimizer = make_optimizer(config, params)
         schedule = (config.warmup_steps, config.steps, config.decay_steps)
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_factor(s, *schedule))
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, *schedule))
         self.scaler = torch.amp.GradScaler(modules.device.type) if config.mixed_precision == "fp16" else None
         self.ema = None
         if config.ema_decay is not None and rank == 0:
