@@ -7,7 +7,8 @@ frames -> base folder + random UNet/PoseNet -> `train` flow (Ray Train workers) 
 test split against the two baselines -> (with --ship) the weights and model card into
 mimicmotion/assets/demo_model/. Every stage writes into ``work`` and is skipped when its output exists,
 so a re-run resumes (training itself resumes from its latest checkpoint). ``--continue-from`` trains on from
-a finished demo model instead (its VAE and UNet; the VAE stages are skipped) and reports the totals:
+a finished demo model instead (its VAE and UNet; the VAE pre-training is skipped, ``--vae-decoder-steps``
+trains its decoder on) and reports the totals:
 
     python flows/demo_model.py --work /tmp/demo-more --continue-from mimicmotion/assets/demo_model \
         --train-steps 1600 --train-seed 1 --ship
@@ -67,22 +68,23 @@ def pretrain_vae_task(synth_dir: str, out_dir: str, steps: int, seed: int) -> di
 
 
 @task(name="finetune-vae-decoder", cache_policy=NO_CACHE)
-def finetune_vae_decoder_task(synth_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int) -> dict:
+def finetune_vae_decoder_task(synth_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int,
+                              ssim_weight: float = 0.5, record: Optional[dict] = None) -> dict:
     """Train the pre-trained VAE's decoder further with an SSIM term, its encoder frozen: the latents (and a
-    UNet trained on them) stay valid, the reconstructions sharpen."""
+    UNet trained on them) stay valid, the reconstructions sharpen. ``record``: more entries for its metrics."""
     from diffusers import AutoencoderKLTemporalDecoder
 
-    ssim_weight = 0.5
     return _train_vae(synth_dir, Path(out_dir), lambda: AutoencoderKLTemporalDecoder.from_pretrained(vae_dir),
                       steps, seed, "vae decoder", set_scale=False, batch_seed=seed + 1,
-                      record=dict(decoder_only=True, ssim_weight=ssim_weight), lr=2e-4, warmup_steps=20, ssim_weight=ssim_weight, train_encoder=False)
+                      record=dict(decoder_only=True, ssim_weight=ssim_weight, **(record or {})), lr=2e-4,
+                      warmup_steps=20, ssim_weight=ssim_weight, train_encoder=False)
 
 
 @flow(name="demo_model", log_prints=True)
 def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 3000, train_steps: int = 2400,
                workers: int = 2, lr: float = 2e-4, eval_steps: int = 10, eval_clips: int = 16, eval_frames: int = 16,
                ship: bool = False, vae_decoder_steps: int = 0, continue_from: Optional[str] = None,
-               train_seed: Optional[int] = None, decay_steps: int = 0) -> dict:
+               train_seed: Optional[int] = None, decay_steps: int = 0, vae_decoder_ssim_weight: float = 0.5) -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
     from flows.train import train
@@ -100,6 +102,14 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         base, init = dm.demo_model_paths(dm.copy_demo_model(continue_from, root / "start"))
         prior = dm.prior_training(root / "start")
         vae_metrics = prior["vae"]
+        if vae_decoder_steps > 0:
+            # its decoder trained on (the encoder, so the latents the UNet learnt on, unchanged)
+            earlier = vae_metrics.get("decoder")
+            decoder = finetune_vae_decoder_task(
+                str(synth), str(base / "vae"), str(root / "vae-decoder"), vae_decoder_steps, seed,
+                ssim_weight=vae_decoder_ssim_weight, record=dict(continued_from=earlier) if earlier else None)
+            vae_metrics = dict(vae_metrics, decoder=decoder)
+            base = dm.base_with_vae(base, root / "vae-decoder", root / "base")
     else:
         prior = None
         vae_metrics = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed)
@@ -108,7 +118,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         vae_dir = root / "vae"
         if vae_decoder_steps > 0:
             vae_metrics = dict(vae_metrics, decoder=finetune_vae_decoder_task(
-                str(synth), str(vae_dir), str(root / "vae-decoder"), vae_decoder_steps, seed))
+                str(synth), str(vae_dir), str(root / "vae-decoder"), vae_decoder_steps, seed,
+                ssim_weight=vae_decoder_ssim_weight))
             vae_dir = root / "vae-decoder"
         vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir)
         # pretrain_vae already holds them; this also repairs a VAE pre-trained before it did (a no-op otherwise)
@@ -147,13 +158,16 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--vae-decoder-steps", type=int, default=0,
-                    help="then train the VAE decoder alone this many steps with an SSIM term (encoder frozen)")
+                    help="then train the VAE decoder alone this many steps with an SSIM term (encoder frozen); "
+                         "with --continue-from, the start model's decoder")
+    ap.add_argument("--vae-decoder-ssim-weight", type=float, default=0.5,
+                    help="weight of the (1 - SSIM) term of the decoder stage's loss (L1 + MSE + weight x (1 - SSIM))")
     ap.add_argument("--eval-steps", type=int, default=10, help="denoising steps of the evaluation renders")
     ap.add_argument("--eval-clips", type=int, default=16, help="test clips evaluated (one per test video)")
     ap.add_argument("--eval-frames", type=int, default=16, help="frames per evaluated clip (reference included)")
     ap.add_argument("--continue-from", metavar="DIR",
                     help="train on from a finished demo model folder (e.g. mimicmotion/assets/demo_model): its "
-                         "VAE, CLIP and UNet are the start; the VAE stages are skipped")
+                         "VAE, CLIP and UNet are the start; the VAE pre-training is skipped")
     ap.add_argument("--train-seed", type=int, help="seed of the training draws (default: --seed); give a new one "
                                                    "with --continue-from so the run does not replay the same noise")
     ap.add_argument("--decay-steps", type=int, default=0,
@@ -164,7 +178,7 @@ def main(argv=None) -> int:
                          eval_steps=args.eval_steps, eval_clips=args.eval_clips, eval_frames=args.eval_frames,
                          ship=args.ship, vae_decoder_steps=args.vae_decoder_steps,
                          continue_from=args.continue_from, train_seed=args.train_seed,
-                         decay_steps=args.decay_steps)
+                         decay_steps=args.decay_steps, vae_decoder_ssim_weight=args.vae_decoder_ssim_weight)
     print(json.dumps(summary.get("evaluation"), indent=2, default=str))
     return 0
 

@@ -428,6 +428,29 @@ def copy_demo_model(source, target) -> Path:
     return target
 
 
+def base_with_vae(base_dir, vae_dir, target) -> Path:
+    """A copy of the base folder ``base_dir`` whose VAE is the one saved in ``vae_dir`` (e.g. a decoder trained
+    on), written to ``target`` in one rename; a ``target`` that already holds a base folder is kept (a re-run
+    resumes with the same model). The VAE folder's other files (its metrics.json) are not copied. Returns
+    ``target``."""
+    import shutil
+
+    target = Path(target)
+    if (target / "model_index.json").is_file():
+        return target
+    if not (Path(vae_dir) / "config.json").is_file():
+        raise ConfigError(f"{vae_dir} holds no saved VAE (config.json); train the decoder stage first")
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(base_dir, tmp, ignore=shutil.ignore_patterns(".*", "vae"))
+    (tmp / "vae").mkdir()
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        shutil.copy2(Path(vae_dir) / name, tmp / "vae" / name)
+    tmp.replace(target)
+    return target
+
+
 def prior_training(folder) -> dict:
     """What a demo model folder's ``summary.json`` records of how it was made: ``{"vae": ..., "train": ...}``
     (empty dicts when the folder has no summary), so a model trained on from it can report its totals."""
@@ -479,7 +502,8 @@ def model_card(summary: dict) -> str:
         f"- VAE: {json.dumps({k: vae[k] for k in ('frames', 'psnr', 'ssim', 'scaling_factor', 'seconds') if k in vae})}; "
         "pre-trained on single frames, its temporal decoder held frame-wise (`hold_decoder_framewise`)",
         *([f"- VAE decoder, trained on with its encoder frozen (L1 + MSE + {vae['decoder'].get('ssim_weight')} x "
-           f"(1 - SSIM)): {json.dumps({k: vae['decoder'][k] for k in ('step', 'psnr', 'ssim', 'seconds') if k in vae['decoder']})}"]
+           f"(1 - SSIM)): {json.dumps({k: vae['decoder'][k] for k in ('step', 'psnr', 'ssim', 'seconds') if k in vae['decoder']})}"
+           + _earlier_decoder_stage(vae["decoder"])]
           if isinstance(vae.get("decoder"), dict) else []),
         f"- UNet + PoseNet: {json.dumps({k: run.get(k) for k in ('step', 'workers', 'clips', 'train_seconds', 'first_loss', 'last_loss')}, default=str)}",
         *([f"- Continued from an earlier demo model trained {run['continued_from']['steps']} steps "
@@ -492,6 +516,17 @@ def model_card(summary: dict) -> str:
         *_baseline_verdicts(evaluation),
     ]
     return "\n".join(lines)
+
+
+def _earlier_decoder_stage(decoder: dict) -> str:
+    """", after an earlier decoder stage of N steps (L1 + MSE + w x (1 - SSIM))", chained, for a decoder trained on
+    again from a finished demo model; "" for a first stage."""
+    earlier = decoder.get("continued_from")
+    if not isinstance(earlier, dict):
+        return ""
+    return (f", after an earlier decoder stage of {earlier.get('step')} steps (SSIM weight "
+            f"{earlier.get('ssim_weight')}, held-out SSIM {earlier.get('ssim', float('nan')):.3f})"
+            + _earlier_decoder_stage(earlier))
 
 
 def _baseline_verdicts(evaluation) -> list:

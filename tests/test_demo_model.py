@@ -251,6 +251,10 @@ def test_model_card_states_recipe_and_results():
     assert f"- Config: {json.dumps(dm.DEMO_TRAIN_CONFIG)}" in card  # a summary without the run's config
     card = dm.model_card({"train": {"step": 7, "config": dict(dm.DEMO_TRAIN_CONFIG, decay_steps=7, seed=2)}})
     assert '"decay_steps": 7' in card and '"seed": 2' in card
+    first = {"step": 900, "ssim": 0.821, "ssim_weight": 0.5}
+    card = dm.model_card({"vae": {"decoder": {"step": 3000, "ssim": 0.85, "ssim_weight": 2.0, "continued_from": first}}})
+    assert ("(L1 + MSE + 2.0 x (1 - SSIM)): {\"step\": 3000, \"ssim\": 0.85}, after an earlier decoder stage of 900 "
+            "steps (SSIM weight 0.5, held-out SSIM 0.821)") in card
 
 
 def test_training_record_sums_step_time(tmp_path):
@@ -296,6 +300,30 @@ def test_copy_demo_model_keeps_an_existing_start(tmp_path):
         dm.copy_demo_model(tmp_path / "nothing", tmp_path / "other")
 
 
+def test_base_with_vae_swaps_only_the_vae(tmp_path):
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    base, _ = dm.save_demo_model(tmp_path / "model", dm.demo_components())
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(base / "vae")
+    with torch.no_grad():
+        vae.decoder.conv_out.bias += 0.5
+    vae.save_pretrained(tmp_path / "vae-decoder")
+    (tmp_path / "vae-decoder" / "metrics.json").write_text("{}")
+    got = dm.base_with_vae(base, tmp_path / "vae-decoder", tmp_path / "work" / "base")
+    assert got == tmp_path / "work" / "base"
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in base.iterdir())
+    assert sorted(p.name for p in (got / "vae").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert (got / "unet" / "config.json").read_bytes() == (base / "unet" / "config.json").read_bytes()
+    swapped = AutoencoderKLTemporalDecoder.from_pretrained(got / "vae")
+    assert torch.equal(swapped.decoder.conv_out.bias, vae.decoder.conv_out.bias)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["base"]  # no staging folder left
+    # a re-run keeps what the first run made
+    (tmp_path / "vae-decoder" / "config.json").unlink()
+    assert dm.base_with_vae(base, tmp_path / "vae-decoder", got) == got
+    with pytest.raises(ConfigError, match="holds no saved VAE"):
+        dm.base_with_vae(base, tmp_path / "vae-decoder", tmp_path / "other")
+
+
 def test_ssim_torch_matches_the_metric():
     from mimicmotion.metrics import ssim
 
@@ -324,3 +352,16 @@ def test_decoder_only_training_keeps_the_latents():
     assert all(p.requires_grad for p in vae.parameters())
     with pytest.raises(ConfigError, match="at least 11"):
         dm.pretrain_vae(vae, frames, steps=1, crop=8, ssim_weight=0.5)
+
+
+def test_demo_model_flow_cli_passes_the_decoder_stage_options(monkeypatch):
+    from flows import demo_model as flow_module
+
+    calls = []
+    monkeypatch.setattr(flow_module, "demo_model", lambda *a, **kw: calls.append((a, kw)) or {"evaluation": []})
+    assert flow_module.main(["--work", "w", "--continue-from", "m", "--vae-decoder-steps", "3000",
+                             "--vae-decoder-ssim-weight", "2", "--train-steps", "10", "--decay-steps", "10"]) == 0
+    (args, kwargs), = calls
+    assert args[:5] == ("w", 160, 0, 3000, 10)
+    assert kwargs["continue_from"] == "m" and kwargs["vae_decoder_steps"] == 3000
+    assert kwargs["vae_decoder_ssim_weight"] == 2.0 and kwargs["decay_steps"] == 10
