@@ -37,9 +37,9 @@ def _train_vae(synth_dir: str, out: Path, make_vae, steps: int, seed: int, label
                batch_seed: int, record: Optional[dict] = None, **options) -> dict:
     """Train the VAE ``make_vae()`` returns on the synthetic training frames (``dm.pretrain_vae`` with
     ``options``, batches drawn with ``batch_seed``) and save it with its metrics into ``out`` in one rename;
-    an ``out`` saved by an earlier run is not trained again (its metrics are returned). ``set_scale``: set the scaling factor from the latents
-    (after pre-training; a decoder-only stage keeps the factor the UNet was trained with); ``record``: more
-    entries for the saved metrics."""
+    an ``out`` saved by an earlier run is not trained again (its metrics are returned). ``set_scale``: set the
+    scaling factor from the latents (after pre-training; a decoder-only stage keeps the factor the UNet was
+    trained with); ``record``: more entries for the saved metrics."""
     import torch
 
     if (out / "config.json").is_file():

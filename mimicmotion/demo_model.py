@@ -224,7 +224,8 @@ def pretrain_vae(vae, frames: np.ndarray, *, steps: int = 2000, batch_size: int 
     for module in (vae.encoder, vae.quant_conv):
         module.requires_grad_(train_encoder)
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     start = time.perf_counter()
     metrics: dict = {}
     for step in range(1, steps + 1):
@@ -499,13 +500,14 @@ def model_card(summary: dict) -> str:
         "It knows only the synthetic figures: it is a working demonstration of the pipeline, not a model for",
         "real people.", "",
         "## Recipe", "",
-        f"- VAE: {json.dumps({k: vae[k] for k in ('frames', 'psnr', 'ssim', 'scaling_factor', 'seconds') if k in vae})}; "
+        f"- VAE: {_picked(vae, ('frames', 'psnr', 'ssim', 'scaling_factor', 'seconds'))}; "
         "pre-trained on single frames, its temporal decoder held frame-wise (`hold_decoder_framewise`)",
         *([f"- VAE decoder, trained on with its encoder frozen (L1 + MSE + {vae['decoder'].get('ssim_weight')} x "
-           f"(1 - SSIM)): {json.dumps({k: vae['decoder'][k] for k in ('step', 'psnr', 'ssim', 'seconds') if k in vae['decoder']})}"
+           f"(1 - SSIM)): {_picked(vae['decoder'], ('step', 'psnr', 'ssim', 'seconds'))}"
            + _earlier_decoder_stage(vae["decoder"])]
           if isinstance(vae.get("decoder"), dict) else []),
-        f"- UNet + PoseNet: {json.dumps({k: run.get(k) for k in ('step', 'workers', 'clips', 'train_seconds', 'first_loss', 'last_loss')}, default=str)}",
+        "- UNet + PoseNet: "
+        + _picked(run, ("step", "workers", "clips", "train_seconds", "first_loss", "last_loss"), all_keys=True),
         *([f"- Continued from an earlier demo model trained {run['continued_from']['steps']} steps "
            f"({run['continued_from']['train_seconds']:.0f} s): {run['total_steps']} steps, "
            f"{run['total_train_seconds']:.0f} s of training in all (the continuation's loss is logged from its "
@@ -516,6 +518,11 @@ def model_card(summary: dict) -> str:
         *_baseline_verdicts(evaluation),
     ]
     return "\n".join(lines)
+
+
+def _picked(record: dict, keys, all_keys: bool = False) -> str:
+    """JSON of ``record``'s entries under ``keys`` (those it has; ``all_keys``: every key, null when missing)."""
+    return json.dumps({k: record.get(k) for k in keys if all_keys or k in record}, default=str)
 
 
 def _earlier_decoder_stage(decoder: dict) -> str:

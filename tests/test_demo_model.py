@@ -252,7 +252,8 @@ def test_model_card_states_recipe_and_results():
     card = dm.model_card({"train": {"step": 7, "config": dict(dm.DEMO_TRAIN_CONFIG, decay_steps=7, seed=2)}})
     assert '"decay_steps": 7' in card and '"seed": 2' in card
     first = {"step": 900, "ssim": 0.821, "ssim_weight": 0.5}
-    card = dm.model_card({"vae": {"decoder": {"step": 3000, "ssim": 0.85, "ssim_weight": 2.0, "continued_from": first}}})
+    decoder = {"step": 3000, "ssim": 0.85, "ssim_weight": 2.0, "continued_from": first}
+    card = dm.model_card({"vae": {"decoder": decoder}})
     assert ("(L1 + MSE + 2.0 x (1 - SSIM)): {\"step\": 3000, \"ssim\": 0.85}, after an earlier decoder stage of 900 "
             "steps (SSIM weight 0.5, held-out SSIM 0.821)") in card
 
