@@ -526,8 +526,8 @@ def _picked(record: dict, keys, all_keys: bool = False) -> str:
 
 
 def _earlier_decoder_stage(decoder: dict) -> str:
-    """", after an earlier decoder stage of N steps (L1 + MSE + w x (1 - SSIM))", chained, for a decoder trained on
-    again from a finished demo model; "" for a first stage."""
+    """", after an earlier decoder stage of N steps (SSIM weight w, held-out SSIM s)" for each stage before this
+    one (a decoder trained on again from a finished demo model); "" for a first stage."""
     earlier = decoder.get("continued_from")
     if not isinstance(earlier, dict):
         return ""
