@@ -69,7 +69,7 @@ def pretrain_vae_task(synth_dir: str, out_dir: str, steps: int, seed: int) -> di
 
 @task(name="finetune-vae-decoder", cache_policy=NO_CACHE)
 def finetune_vae_decoder_task(synth_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int,
-                              ssim_weight: float = 0.5, record: Optional[dict] = None) -> dict:
+                              ssim_weight: float, record: Optional[dict] = None) -> dict:
     """Train the pre-trained VAE's decoder further with an SSIM term, its encoder frozen: the latents (and a
     UNet trained on them) stay valid, the reconstructions sharpen. ``record``: more entries for its metrics."""
     from diffusers import AutoencoderKLTemporalDecoder
@@ -101,30 +101,27 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         # over the folder it came from cannot change what a resumed run starts from
         base, init = dm.demo_model_paths(dm.copy_demo_model(continue_from, root / "start"))
         prior = dm.prior_training(root / "start")
-        vae_metrics = prior["vae"]
-        if vae_decoder_steps > 0:
-            # its decoder trained on (the encoder, so the latents the UNet learnt on, unchanged)
-            earlier = vae_metrics.get("decoder")
-            decoder = finetune_vae_decoder_task(
-                str(synth), str(base / "vae"), str(root / "vae-decoder"), vae_decoder_steps, seed,
-                ssim_weight=vae_decoder_ssim_weight, record=dict(continued_from=earlier) if earlier else None)
-            vae_metrics = dict(vae_metrics, decoder=decoder)
-            base = dm.base_with_vae(base, root / "vae-decoder", root / "base")
+        vae_metrics, vae_dir = prior["vae"], base / "vae"
     else:
         prior = None
-        vae_metrics = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed)
+        vae_metrics, vae_dir = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed), root / "vae"
+    if vae_decoder_steps > 0:
+        # the encoder, so the latents a UNet learnt on, stays as it is; a continued model's earlier decoder
+        # stage is kept in the record
+        earlier = vae_metrics.get("decoder")
+        vae_metrics = dict(vae_metrics, decoder=finetune_vae_decoder_task(
+            str(synth), str(vae_dir), str(root / "vae-decoder"), vae_decoder_steps, seed,
+            ssim_weight=vae_decoder_ssim_weight, record=dict(continued_from=earlier) if earlier else None))
+        vae_dir = root / "vae-decoder"
+    if not continue_from:
         from diffusers import AutoencoderKLTemporalDecoder
 
-        vae_dir = root / "vae"
-        if vae_decoder_steps > 0:
-            vae_metrics = dict(vae_metrics, decoder=finetune_vae_decoder_task(
-                str(synth), str(vae_dir), str(root / "vae-decoder"), vae_decoder_steps, seed,
-                ssim_weight=vae_decoder_ssim_weight))
-            vae_dir = root / "vae-decoder"
         vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir)
         # pretrain_vae already holds them; this also repairs a VAE pre-trained before it did (a no-op otherwise)
         dm.hold_decoder_framewise(vae)
         base, init = dm.build_initial_model(root / "init", vae, seed)
+    elif vae_decoder_steps > 0:
+        base = dm.base_with_vae(base, vae_dir, root / "base")
     train_sql, train_params = dm.split_sql("train")
     train_config = dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed if train_seed is None else train_seed,
                         decay_steps=decay_steps)

@@ -445,9 +445,7 @@ def base_with_vae(base_dir, vae_dir, target) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(base_dir, tmp, ignore=shutil.ignore_patterns(".*", "vae"))
-    (tmp / "vae").mkdir()
-    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
-        shutil.copy2(Path(vae_dir) / name, tmp / "vae" / name)
+    shutil.copytree(vae_dir, tmp / "vae", ignore=shutil.ignore_patterns(".*", "metrics.json"))
     tmp.replace(target)
     return target
 

@@ -366,3 +366,63 @@ def test_demo_model_flow_cli_passes_the_decoder_stage_options(monkeypatch):
     assert args[:5] == ("w", 160, 0, 3000, 10)
     assert kwargs["continue_from"] == "m" and kwargs["vae_decoder_steps"] == 3000
     assert kwargs["vae_decoder_ssim_weight"] == 2.0 and kwargs["decay_steps"] == 10
+
+
+def test_demo_model_flow_wires_the_decoder_stage(tmp_path, monkeypatch):
+    """The flow's own logic with its heavy stages (data, curate, VAE training, train, evaluate) faked: which VAE
+    the decoder stage starts from, what the record keeps, which base folder training and evaluation get."""
+    import shutil
+    from pathlib import Path
+
+    import flows.curate
+    import flows.evaluate
+    import flows.train
+    import mimicmotion.synthetic
+    from flows import demo_model as flow_module
+
+    shipped = tmp_path / "shipped"
+    dm.save_demo_model(shipped, dm.demo_components())
+    earlier = {"step": 900, "ssim": 0.82, "ssim_weight": 0.5}
+    (shipped / "summary.json").write_text(json.dumps({"vae": {"psnr": 21.0, "decoder": earlier},
+                                                      "train": {"step": 10, "train_seconds": 5.0}}))
+    calls = {}
+
+    def fake_vae_stage(name):
+        def stage(synth_dir, *args, **kwargs):
+            source, out = (shipped / "base" / "vae", args[0]) if name == "pretrain" else (args[0], args[1])
+            calls.setdefault(name, []).append((args, kwargs))
+            shutil.copytree(source, out)
+            return {"step": args[-2] if name == "pretrain" else args[2], "record": kwargs.get("record")}
+        return stage
+
+    def fake_train(**kwargs):
+        calls.setdefault("train", []).append(kwargs)
+        metrics = Path(kwargs["run_dir"]) / "metrics.csv"
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text("step,loss,step_time_s,data_time_s\n1,0.5,1.0,0.0\n")
+        return {"model": kwargs["checkpoint"], "metrics": str(metrics)}
+
+    monkeypatch.setattr(mimicmotion.synthetic, "generate_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(flows.curate, "curate", lambda **k: None)
+    monkeypatch.setattr(flows.train, "train", fake_train)
+    monkeypatch.setattr(flows.evaluate, "evaluate", lambda **k: calls.setdefault("evaluate", []).append(k) or {})
+    monkeypatch.setattr(flow_module, "pretrain_vae_task", fake_vae_stage("pretrain"))
+    monkeypatch.setattr(flow_module, "finetune_vae_decoder_task", fake_vae_stage("decoder"))
+
+    work = tmp_path / "continued"
+    summary = flow_module.demo_model.fn(str(work), continue_from=str(shipped), vae_decoder_steps=30,
+                                        vae_decoder_ssim_weight=2.0, train_steps=1)
+    (args, kwargs), = calls["decoder"]
+    assert args[:3] == (str(work / "start" / "base" / "vae"), str(work / "vae-decoder"), 30)
+    assert kwargs == {"ssim_weight": 2.0, "record": {"continued_from": earlier}}
+    assert summary["vae"]["psnr"] == 21.0 and summary["vae"]["decoder"]["step"] == 30
+    assert calls["train"][0]["base_model"] == str(work / "base") == calls["evaluate"][0]["base_model"]
+    assert (work / "base" / "vae" / "config.json").is_file() and "pretrain" not in calls
+
+    calls.clear()
+    fresh = tmp_path / "fresh"
+    summary = flow_module.demo_model.fn(str(fresh), vae_steps=20, vae_decoder_steps=30, train_steps=1)
+    (args, kwargs), = calls["decoder"]
+    assert args[:3] == (str(fresh / "vae"), str(fresh / "vae-decoder"), 30)
+    assert kwargs == {"ssim_weight": 0.5, "record": None}
+    assert calls["train"][0]["base_model"] == str(fresh / "init" / "base") and not (fresh / "base").exists()
