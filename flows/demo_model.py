@@ -14,7 +14,13 @@ trains its decoder on) and reports the totals:
         --train-steps 1600 --train-seed 1 --ship
 
 ``--decay-steps N`` lowers the learning rate linearly towards 0 over the run's last N steps (e.g. a final
-phase of a continued model).
+phase of a continued model). ``--adapt-decoder-steps N`` then samples the trained model on training clips
+(as the evaluation renders) and trains the VAE decoder N steps to decode those latents into the true
+frames (encoder frozen; `demo_model.adapt_decoder`); with ``--train-steps 0`` a finished model keeps its
+UNet and only its decoder is adapted:
+
+    python flows/demo_model.py --work /tmp/demo-adapt --continue-from mimicmotion/assets/demo_model \
+        --train-steps 0 --adapt-decoder-steps 1500 --ship
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from mimicmotion import demo_model as dm  # noqa: E402
+from mimicmotion.errors import ConfigError  # noqa: E402
 
 
 def _train_vae(synth_dir: str, out: Path, make_vae, steps: int, seed: int, label: str, *, set_scale: bool,
@@ -80,16 +87,56 @@ def finetune_vae_decoder_task(synth_dir: str, vae_dir: str, out_dir: str, steps:
                       warmup_steps=20, ssim_weight=ssim_weight, train_encoder=False)
 
 
+@task(name="sample-decoder-pairs", cache_policy=NO_CACHE)
+def sample_decoder_pairs_task(catalog: str, base_dir: str, checkpoint: str, out_dir: str, clips: int,
+                              guidance: float, steps: int, seed: int) -> str:
+    """The trained model's latents for the first clip of ``clips`` training videos, with their true frames."""
+    from mimicmotion.evaluation import select_clips
+
+    sql, params = dm.split_sql("train", first_clip_only=True, limit=clips)
+    clip_ids = select_clips(catalog, sql=sql, params=params)
+    return str(dm.write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, steps=steps,
+                                      guidance=guidance, seed=seed, log=get_run_logger().info))
+
+
+@task(name="adapt-decoder", cache_policy=NO_CACHE)
+def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int,
+                       held_out_every: int = 16) -> dict:
+    """Adapt the VAE decoder to the sampled pairs (``dm.adapt_decoder``; every ``held_out_every``-th pair is
+    held out and scored) and save it with its metrics into ``out_dir`` in one rename; an ``out_dir`` saved by
+    an earlier run is kept."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    out = Path(out_dir)
+    if (out / "config.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    pairs = dm.load_decoder_pairs(pairs_dir)
+    held = pairs[::held_out_every]
+    train = [p for i, p in enumerate(pairs) if i % held_out_every]
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir)
+    metrics = dm.adapt_decoder(vae, train, steps=steps, seed=seed, held_out=held,
+                               log=lambda m: get_run_logger().info("adapt decoder %s", m))
+    tmp = out.with_name(out.name + ".tmp")
+    vae.save_pretrained(tmp)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tmp.replace(out)
+    return metrics
+
+
 @flow(name="demo_model", log_prints=True)
 def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 3000, train_steps: int = 2400,
                workers: int = 2, lr: float = 2e-4, eval_steps: int = 10, eval_clips: int = 16, eval_frames: int = 16,
                ship: bool = False, vae_decoder_steps: int = 0, continue_from: Optional[str] = None,
-               train_seed: Optional[int] = None, decay_steps: int = 0, vae_decoder_ssim_weight: float = 0.5) -> dict:
+               train_seed: Optional[int] = None, decay_steps: int = 0, vae_decoder_ssim_weight: float = 0.5,
+               adapt_decoder_steps: int = 0, adapt_clips: int = 128, adapt_guidance: float = 2.0) -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
     from flows.train import train
     from mimicmotion.synthetic import generate_dataset
 
+    if train_steps < 0 or (train_steps == 0 and not continue_from):
+        raise ConfigError(f"train_steps must be >= 1, or 0 with continue_from (keep a finished model's UNet, e.g. to "
+                          f"adapt its decoder); got {train_steps}")
     root = Path(work)
     synth, catalog = root / "synth", root / "catalog"
     generate_dataset(synth, videos, seed=seed, width=dm.DEMO_WIDTH, height=dm.DEMO_HEIGHT, num_frames=96)
@@ -125,22 +172,36 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     train_sql, train_params = dm.split_sql("train")
     train_config = dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed if train_seed is None else train_seed,
                         decay_steps=decay_steps)
-    run = train(catalog=str(catalog), base_model=str(base), checkpoint=str(init), run_dir=str(root / "run"),
-                workers=workers, steps=train_steps, sql=train_sql, query_params=train_params, torch_threads=1,
-                config=train_config)
+    if train_steps > 0:
+        run = train(catalog=str(catalog), base_model=str(base), checkpoint=str(init), run_dir=str(root / "run"),
+                    workers=workers, steps=train_steps, sql=train_sql, query_params=train_params, torch_threads=1,
+                    config=train_config)
+        run = dict(run, config=train_config, **dm.training_record(run["metrics"], prior=prior and prior["train"]))
+    else:  # no more UNet steps: the start model as it is (e.g. only its decoder adapted), with its record
+        run = dict(prior["train"], model=str(init))
+        for key, name in (("metrics", "metrics.csv"), ("loss_curve", "loss_curve.png")):
+            if (root / "start" / name).is_file():
+                run[key] = str(root / "start" / name)
+    if adapt_decoder_steps > 0:
+        # pairs drawn with seeds apart from the evaluation's; sampled as the evaluation renders
+        pairs = sample_decoder_pairs_task(str(catalog), str(base), run["model"], str(root / "decoder-pairs"),
+                                          adapt_clips, adapt_guidance, eval_steps, seed + 1000)
+        vae_metrics = dict(vae_metrics, adapted=dict(
+            adapt_decoder_task(pairs, str(base / "vae"), str(root / "vae-adapted"), adapt_decoder_steps, seed),
+            guidance=adapt_guidance, sampler_steps=eval_steps))
+        base = dm.base_with_vae(base, root / "vae-adapted", root / "base-adapted")
     test_sql, test_params = dm.split_sql("test", first_clip_only=True, limit=eval_clips)
     scores = evaluate(catalog=str(catalog), out_dir=str(root / "eval"), base_model=str(base),
                       checkpoint=run["model"], sql=test_sql, params=test_params,
                       baselines=["copy_reference", "blank_pose", "vae_reconstruction"], resolution=dm.DEMO_RESOLUTION,
                       tile_size=dm.DEMO_TILE_SIZE, tile_overlap=dm.DEMO_TILE_OVERLAP, steps=eval_steps, seed=seed,
                       max_frames=eval_frames, device="cpu")
-    run = dict(run, config=train_config, **dm.training_record(run["metrics"], prior=prior and prior["train"]))
     summary = dict(vae=vae_metrics, train=run, evaluation=scores.get("summary", scores))
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if ship:
         card = dm.model_card(summary)
         record = [root / "summary.json", root / "vae" / "metrics.json"] + [
-            p for p in (Path(run["metrics"]), Path(run.get("loss_curve") or "")) if p.is_file()]
+            p for p in (Path(run.get("metrics") or ""), Path(run.get("loss_curve") or "")) if p.is_file()]
         dm.ship_model(base, run["model"], card, extra_files=[p for p in record if p.is_file()])
     return summary
 
@@ -151,7 +212,8 @@ def main(argv=None) -> int:
     ap.add_argument("--videos", type=int, default=160)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-steps", type=int, default=3000)
-    ap.add_argument("--train-steps", type=int, default=2400)
+    ap.add_argument("--train-steps", type=int, default=2400,
+                    help="UNet steps; 0 with --continue-from keeps the start model's UNet (e.g. to adapt its decoder)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--vae-decoder-steps", type=int, default=0,
@@ -169,13 +231,20 @@ def main(argv=None) -> int:
                                                    "with --continue-from so the run does not replay the same noise")
     ap.add_argument("--decay-steps", type=int, default=0,
                     help="the last this many training steps lower the lr linearly towards 0 (default 0: constant)")
+    ap.add_argument("--adapt-decoder-steps", type=int, default=0,
+                    help="after training, adapt the VAE decoder (encoder frozen) this many steps to the trained "
+                         "model's own samples of training clips (default 0: off)")
+    ap.add_argument("--adapt-clips", type=int, default=128, help="training clips sampled for the decoder adaptation")
+    ap.add_argument("--adapt-guidance", type=float, default=2.0, help="guidance of those samples")
     ap.add_argument("--ship", action="store_true", help="copy the result into mimicmotion/assets/demo_model/")
     args = ap.parse_args(argv)
     summary = demo_model(args.work, args.videos, args.seed, args.vae_steps, args.train_steps, args.workers, args.lr,
                          eval_steps=args.eval_steps, eval_clips=args.eval_clips, eval_frames=args.eval_frames,
                          ship=args.ship, vae_decoder_steps=args.vae_decoder_steps,
                          continue_from=args.continue_from, train_seed=args.train_seed,
-                         decay_steps=args.decay_steps, vae_decoder_ssim_weight=args.vae_decoder_ssim_weight)
+                         decay_steps=args.decay_steps, vae_decoder_ssim_weight=args.vae_decoder_ssim_weight,
+                         adapt_decoder_steps=args.adapt_decoder_steps, adapt_clips=args.adapt_clips,
+                         adapt_guidance=args.adapt_guidance)
     print(json.dumps(summary.get("evaluation"), indent=2, default=str))
     return 0
 

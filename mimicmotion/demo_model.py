@@ -292,6 +292,192 @@ def set_scaling_factor(vae, latent_std: float) -> float:
     return factor
 
 
+# ---------------------------------------------------------------------------------------------- decoder adaptation
+# The UNet's latents are not the encoder's: where the model is unsure it leaves them soft, and the decoder,
+# trained on the encoder's latents only, decodes soft latents into flat colours. Adapting the decoder (encoder
+# frozen) to pairs of (latents the trained model samples for a training clip, that clip's true frames)
+# teaches it what those latents should look like. A share of the encoder's own latents keeps what it could
+# already reconstruct. Training clips only: the test split stays unseen.
+def decoder_pair(pipe, clip, *, steps: int, guidance: float, seed: int, tile_size: int = DEMO_TILE_SIZE,
+                 tile_overlap: int = DEMO_TILE_OVERLAP) -> dict:
+    """One decoder-adaptation pair from an evaluation clip (``mimicmotion.evaluation.load_eval_clip``): the
+    pipeline's latents for the clip's poses (scaled, float32 (1+F, C, h, w), the reference pose's slot first,
+    sampled as the evaluation renders) and the frames they should decode to (uint8 (1+F, H, W, 3): the
+    reference for that slot, then the clip's frames)."""
+    from PIL import Image
+
+    from mimicmotion.evaluation import pose_images
+    from mimicmotion.pose.draw import pose_images_to_tensor
+    from mimicmotion.render import release_dtype, release_roundtrip
+
+    images = pose_images(clip)
+    dtype = release_dtype(pipe)
+    device = pipe._execution_device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    latents = pipe(Image.fromarray(release_roundtrip(clip.frames[0], dtype)), pose_images_to_tensor(images, dtype=dtype),
+                   height=images.shape[1], width=images.shape[2], num_frames=len(images), tile_size=tile_size,
+                   tile_overlap=tile_overlap, num_inference_steps=steps, min_guidance_scale=guidance,
+                   max_guidance_scale=guidance, generator=generator, output_type="latent").frames[0]
+    return dict(latents=latents.float().cpu().numpy(), frames=np.concatenate([clip.frames[:1], clip.frames]))
+
+
+def _check_pairs(pairs, vae) -> None:
+    if not len(pairs):
+        raise ConfigError("decoder adaptation needs at least one (latents, frames) pair; sample some first")
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    for i, pair in enumerate(pairs):
+        latents, frames = pair.get("latents"), pair.get("frames")
+        ok = (isinstance(latents, np.ndarray) and isinstance(frames, np.ndarray) and latents.ndim == 4
+              and frames.ndim == 4 and frames.dtype == np.uint8 and len(latents) == len(frames)
+              and latents.shape[1] == vae.config.latent_channels
+              and tuple(frames.shape[1:3]) == (latents.shape[2] * factor, latents.shape[3] * factor))
+        if not ok:
+            raise ConfigError(f"decoder pair {i}: expected latents (F, {vae.config.latent_channels}, h, w) and uint8 "
+                              f"frames (F, {factor}h, {factor}w, 3), got {getattr(latents, 'shape', None)} and "
+                              f"{getattr(frames, 'dtype', None)} {getattr(frames, 'shape', None)}")
+
+
+def decode_like_sampler(vae, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Scaled latents (F, C, h, w) -> [-1, 1] frames, ``chunk`` frames per decode from frame 0 (``pipe.decode``)."""
+    flat = latents / vae.config.scaling_factor
+    return torch.cat([vae.decode(flat[i:i + chunk], num_frames=len(flat[i:i + chunk])).sample
+                      for i in range(0, len(flat), chunk)])
+
+
+@torch.no_grad()
+def pair_scores(vae, pairs, chunk: int = 8) -> dict:
+    """Mean SSIM and PSNR of the pairs' latents decoded as the sampler decodes them, scored like the evaluation
+    (the frames after the reference: pair frames 2..)."""
+    from mimicmotion.metrics import psnr, ssim
+    from mimicmotion.training.trainer import frames_uint8
+
+    vae.eval()
+    ssims, psnrs = [], []
+    for pair in pairs:
+        frames = frames_uint8(decode_like_sampler(vae, torch.from_numpy(pair["latents"]), chunk).clamp(-1, 1))
+        ssims.append(ssim(frames[2:], pair["frames"][2:]))
+        psnrs.append(psnr(frames[2:], pair["frames"][2:]))
+    return dict(ssim=float(np.mean(ssims)), psnr=float(np.mean(psnrs)))
+
+
+def _outer_taps_zero(vae) -> bool:
+    convs = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv3d) and m.kernel_size[0] == 3]
+    return bool(convs) and all(not m.weight.detach()[:, :, [0, 2]].any() for m in convs)
+
+
+def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: Optional[int] = 12, lr: float = 1e-4,
+                  ssim_weight: float = 2.0, warmup_steps: int = 50, chunk: int = 8, seed: int = 0, held_out=(),
+                  log_every: int = 100, log: Optional[Callable[[dict], None]] = None) -> dict:
+    """Train ``vae``'s decoder (in place; encoder frozen, so the latents a UNet learnt on stay valid) to decode
+    ``pairs`` (``decoder_pair`` dicts) into their frames.
+
+    Each step decodes one sampler chunk (``chunk`` consecutive frames from a chunk boundary, as ``pipe.decode``
+    cuts them) of a random pair, in a random ``crop`` x ``crop`` latent window (None: whole frames); with
+    probability ``encoder_share`` the chunk's latents are the encoder's own (posterior mode, scaled) instead
+    of the sampled ones. Loss L1 + MSE + ``ssim_weight`` x (1 - SSIM); AdamW, linear warm-up then cosine to 0.
+    A decoder held frame-wise (``hold_decoder_framewise``) stays so. ``held_out``: pairs scored before and
+    after (``pair_scores``). Returns the metrics."""
+    _check_pairs(pairs, vae)
+    if held_out:
+        _check_pairs(held_out, vae)
+    lengths = {len(p["latents"]) for p in pairs}
+    if steps < 1 or chunk < 1 or min(lengths) < chunk:
+        raise ConfigError(f"decoder adaptation needs steps >= 1 and pairs of at least one full chunk of {chunk} "
+                          f"frames (steps {steps}, pair lengths {sorted(lengths)})")
+    if not 0.0 <= encoder_share <= 1.0:
+        raise ConfigError(f"encoder_share must be in [0, 1], got {encoder_share}")
+    h, w = pairs[0]["latents"].shape[2:]
+    if crop is not None and (crop < 2 or (ssim_weight and crop * 8 < 11)):
+        raise ConfigError(f"crop must be at least 2 latent cells (11 pixels with the SSIM term), got {crop}")
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    before = pair_scores(vae, held_out, chunk) if held_out else {}
+    if _outer_taps_zero(vae):
+        hold_decoder_framewise(vae)
+    for module in (vae.encoder, vae.quant_conv):
+        module.requires_grad_(False)
+    with torch.no_grad():
+        own = [torch.cat([vae.encode(frames_to_tensor(p["frames"][i:i + chunk])).latent_dist.mode()
+                          for i in range(0, len(p["frames"]), chunk)]) * vae.config.scaling_factor for p in pairs]
+    params = [p for p in vae.decoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    rng = np.random.default_rng(seed)
+    vae.train()
+    start, losses, metrics = time.perf_counter(), [], {}
+    for step in range(1, steps + 1):
+        k = int(rng.integers(len(pairs)))
+        n = len(pairs[k]["latents"])
+        first = int(rng.integers(n // chunk)) * chunk
+        source = own[k] if rng.random() < encoder_share else torch.from_numpy(pairs[k]["latents"])
+        latents = source[first:first + chunk] / vae.config.scaling_factor
+        images = frames_to_tensor(pairs[k]["frames"][first:first + chunk])
+        ch, cw = (h, w) if crop is None else (min(crop, h), min(crop, w))
+        y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        latents = latents[:, :, y:y + ch, x:x + cw]
+        images = images[:, :, y * factor:(y + ch) * factor, x * factor:(x + cw) * factor]
+        recon = vae.decode(latents, num_frames=len(latents)).sample
+        loss = (recon - images).abs().mean() + ((recon - images) ** 2).mean()
+        if ssim_weight:
+            loss = loss + ssim_weight * (1.0 - ssim_torch(recon, images))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % log_every == 0 or step == steps:
+            metrics = dict(step=step, loss=float(np.mean(losses[-log_every:])), seconds=time.perf_counter() - start)
+            if log is not None:
+                log(metrics)
+    vae.requires_grad_(True)
+    vae.eval()
+    metrics.update(pairs=len(pairs), encoder_share=encoder_share, crop=crop, lr=lr, ssim_weight=ssim_weight)
+    if held_out:
+        metrics.update(held_out=len(held_out), before=before, after=pair_scores(vae, held_out, chunk))
+    return metrics
+
+
+def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, steps: int, guidance: float,
+                        seed: int = 0, max_frames: int = 24, resolution: int = DEMO_RESOLUTION,
+                        log: Optional[Callable[[str], None]] = None) -> Path:
+    """Sample ``decoder_pair`` for each catalog clip into ``out_dir/<clip_id>.npz`` (one atomic file per clip,
+    seed ``seed`` + the clip's position; clips already written are kept, so a re-run resumes). Returns
+    ``out_dir``."""
+    from mimicmotion.evaluation import clip_rows, load_eval_clip
+    from mimicmotion.loading import load_pipeline
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [(i, c) for i, c in enumerate(clip_ids) if not (out / f"{c}.npz").is_file()]
+    if not todo:
+        return out
+    rows = clip_rows(catalog, [c for _, c in todo])
+    pipe = load_pipeline(base_dir, checkpoint, dtype=torch.float32, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    for i, clip_id in todo:
+        clip = load_eval_clip(catalog, clip_id, rows[clip_id], resolution, max_frames)
+        pair = decoder_pair(pipe, clip, steps=steps, guidance=guidance, seed=seed + i)
+        tmp = out / f".{clip_id}.tmp.npz"
+        np.savez(tmp, **pair)
+        tmp.replace(out / f"{clip_id}.npz")
+        if log is not None:
+            log(f"decoder pair {i + 1}/{len(clip_ids)}: {clip_id}")
+    return out
+
+
+def load_decoder_pairs(folder) -> list:
+    """The pairs ``write_decoder_pairs`` wrote, in clip-id order."""
+    paths = sorted(p for p in Path(folder).glob("*.npz") if not p.name.startswith("."))
+    if not paths:
+        raise ConfigError(f"no decoder pairs (*.npz) in {folder}; sample them first (write_decoder_pairs)")
+    pairs = []
+    for path in paths:
+        with np.load(path) as data:
+            pairs.append(dict(latents=data["latents"], frames=data["frames"]))
+    return pairs
+
+
 # ---------------------------------------------------------------------------------------------- files
 def save_demo_model(directory, components: dict, *, card: Optional[dict] = None) -> tuple:
     """Write ``components`` as load_pipeline reads them: ``directory/base/`` (diffusers SVD layout, VAE and CLIP
@@ -314,6 +500,7 @@ def save_demo_model(directory, components: dict, *, card: Optional[dict] = None)
 # The shipped demo model: package data, so `pip install` carries it.
 SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "demo_model"
 SHIPPED_CHECKPOINT = "mimicmotion-demo.safetensors"
+TRAINING_RECORD_FILES = ("summary.json", "metrics.csv", "loss_curve.png")  # shipped beside the weights
 
 
 def demo_model_paths(directory=None) -> tuple:
@@ -417,15 +604,15 @@ def _staged_model_folder(base_dir, checkpoint, target: Path, extra_files=()) -> 
 
 
 def copy_demo_model(source, target) -> Path:
-    """Copy a demo model folder (``base/``, the checkpoint, its ``summary.json`` when present) to ``target`` in
+    """Copy a demo model folder (``base/``, the checkpoint, its training record when present) to ``target`` in
     one rename; a ``target`` that already holds a model is kept as it is (a re-run resumes from the same
     start). Returns ``target``."""
     base, checkpoint = demo_model_paths(source)
     target = Path(target)
     if (target / SHIPPED_CHECKPOINT).is_file():
         return target
-    summary = Path(source) / "summary.json"
-    _staged_model_folder(base, checkpoint, target, [summary] if summary.is_file() else []).replace(target)
+    record = [Path(source) / name for name in TRAINING_RECORD_FILES]
+    _staged_model_folder(base, checkpoint, target, [p for p in record if p.is_file()]).replace(target)
     return target
 
 
@@ -504,6 +691,12 @@ def model_card(summary: dict) -> str:
            f"(1 - SSIM)): {_picked(vae['decoder'], ('step', 'psnr', 'ssim', 'seconds'))}"
            + _earlier_decoder_stage(vae["decoder"])]
           if isinstance(vae.get("decoder"), dict) else []),
+        *([f"- VAE decoder adapted to the UNet's own samples (`adapt_decoder`, encoder frozen; "
+           f"trained on {vae['adapted'].get('pairs')} training clips sampled at guidance "
+           f"{vae['adapted'].get('guidance')} ({vae['adapted'].get('held_out', 0)} more held out), "
+           f"{vae['adapted'].get('step')} steps, {vae['adapted'].get('seconds', 0):.0f} s): held-out samples "
+           f"decode at {_scores(vae['adapted'].get('before'))} before, {_scores(vae['adapted'].get('after'))} after"]
+          if isinstance(vae.get("adapted"), dict) else []),
         "- UNet + PoseNet: "
         + _picked(run, ("step", "workers", "clips", "train_seconds", "first_loss", "last_loss"), all_keys=True),
         *([f"- Continued from an earlier demo model trained {run['continued_from']['steps']} steps "
@@ -521,6 +714,13 @@ def model_card(summary: dict) -> str:
 def _picked(record: dict, keys, all_keys: bool = False) -> str:
     """JSON of ``record``'s entries under ``keys`` (those it has; ``all_keys``: every key, null when missing)."""
     return json.dumps({k: record.get(k) for k in keys if all_keys or k in record}, default=str)
+
+
+def _scores(scores) -> str:
+    """"SSIM s / PSNR p dB" of a ``pair_scores`` dict ("-" without one)."""
+    if not isinstance(scores, dict):
+        return "-"
+    return f"SSIM {scores.get('ssim', float('nan')):.3f} / PSNR {scores.get('psnr', float('nan')):.2f} dB"
 
 
 def _earlier_decoder_stage(decoder: dict) -> str:

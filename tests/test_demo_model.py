@@ -361,16 +361,19 @@ def test_demo_model_flow_cli_passes_the_decoder_stage_options(monkeypatch):
     calls = []
     monkeypatch.setattr(flow_module, "demo_model", lambda *a, **kw: calls.append((a, kw)) or {"evaluation": []})
     assert flow_module.main(["--work", "w", "--continue-from", "m", "--vae-decoder-steps", "3000",
-                             "--vae-decoder-ssim-weight", "2", "--train-steps", "10", "--decay-steps", "10"]) == 0
+                             "--vae-decoder-ssim-weight", "2", "--train-steps", "10", "--decay-steps", "10",
+                             "--adapt-decoder-steps", "7", "--adapt-clips", "5", "--adapt-guidance", "1"]) == 0
     (args, kwargs), = calls
     assert args[:5] == ("w", 160, 0, 3000, 10)
     assert kwargs["continue_from"] == "m" and kwargs["vae_decoder_steps"] == 3000
     assert kwargs["vae_decoder_ssim_weight"] == 2.0 and kwargs["decay_steps"] == 10
+    assert (kwargs["adapt_decoder_steps"], kwargs["adapt_clips"], kwargs["adapt_guidance"]) == (7, 5, 1.0)
 
 
-def test_demo_model_flow_wires_the_decoder_stage(tmp_path, monkeypatch):
-    """The flow's own logic with its heavy stages (data, curate, VAE training, train, evaluate) faked: which VAE
-    the decoder stage starts from, what the record keeps, which base folder training and evaluation get."""
+@pytest.fixture
+def faked_flow(tmp_path, monkeypatch):
+    """The demo_model flow with its heavy stages (data, curate, VAE training, train, decoder pairs and adaptation,
+    evaluate) faked, a shipped-like model folder to continue from, and the calls the stages got."""
     import shutil
     from pathlib import Path
 
@@ -409,8 +412,26 @@ def test_demo_model_flow_wires_the_decoder_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(flow_module, "pretrain_vae_task", fake_vae_stage("pretrain"))
     monkeypatch.setattr(flow_module, "finetune_vae_decoder_task", fake_vae_stage("decoder"))
 
+    def fake_pairs(*args):
+        calls.setdefault("pairs", []).append(args)
+        return args[3]
+
+    def fake_adapt(pairs, vae_dir, out, *args):
+        calls.setdefault("adapt", []).append((pairs, vae_dir, out, *args))
+        shutil.copytree(vae_dir, out)
+        return {"step": args[0], "pairs": 3}
+
+    monkeypatch.setattr(flow_module, "sample_decoder_pairs_task", fake_pairs)
+    monkeypatch.setattr(flow_module, "adapt_decoder_task", fake_adapt)
+    return dict(flow=flow_module.demo_model.fn, shipped=shipped, calls=calls, earlier=earlier)
+
+
+def test_demo_model_flow_wires_the_decoder_stage(tmp_path, faked_flow):
+    """Which VAE the decoder stage starts from, what the record keeps, which base folder training and
+    evaluation get."""
+    flow, shipped, calls, earlier = (faked_flow[k] for k in ("flow", "shipped", "calls", "earlier"))
     work = tmp_path / "continued"
-    summary = flow_module.demo_model.fn(str(work), continue_from=str(shipped), vae_decoder_steps=30,
+    summary = flow(str(work), continue_from=str(shipped), vae_decoder_steps=30,
                                         vae_decoder_ssim_weight=2.0, train_steps=1)
     (args, kwargs), = calls["decoder"]
     assert args[:3] == (str(work / "start" / "base" / "vae"), str(work / "vae-decoder"), 30)
@@ -421,8 +442,88 @@ def test_demo_model_flow_wires_the_decoder_stage(tmp_path, monkeypatch):
 
     calls.clear()
     fresh = tmp_path / "fresh"
-    summary = flow_module.demo_model.fn(str(fresh), vae_steps=20, vae_decoder_steps=30, train_steps=1)
+    summary = flow(str(fresh), vae_steps=20, vae_decoder_steps=30, train_steps=1)
     (args, kwargs), = calls["decoder"]
     assert args[:3] == (str(fresh / "vae"), str(fresh / "vae-decoder"), 30)
     assert kwargs == {"ssim_weight": 0.5, "record": None}
     assert calls["train"][0]["base_model"] == str(fresh / "init" / "base") and not (fresh / "base").exists()
+    assert "pairs" not in calls and "adapt" not in calls
+
+
+def test_demo_model_flow_adapts_the_decoder_of_a_finished_model(tmp_path, faked_flow):
+    """train_steps 0 keeps the start model's UNet; the decoder is adapted to that model's samples and the
+    evaluation uses the adapted base folder."""
+    flow, shipped, calls = faked_flow["flow"], faked_flow["shipped"], faked_flow["calls"]
+    (shipped / "metrics.csv").write_text("step,loss,step_time_s,data_time_s\n1,0.5,1.0,0.0\n")
+    work = tmp_path / "adapted"
+    summary = flow(str(work), continue_from=str(shipped), train_steps=0, adapt_decoder_steps=5, adapt_clips=3,
+                   adapt_guidance=1.0, eval_steps=4)
+    start_base, start_ckpt = str(work / "start" / "base"), str(work / "start" / dm.SHIPPED_CHECKPOINT)
+    assert "train" not in calls
+    assert calls["pairs"] == [(str(work / "catalog"), start_base, start_ckpt, str(work / "decoder-pairs"), 3, 1.0, 4,
+                               1000)]
+    assert calls["adapt"] == [(str(work / "decoder-pairs"), start_base + "/vae", str(work / "vae-adapted"), 5, 0)]
+    (evaluated,) = calls["evaluate"]
+    assert evaluated["base_model"] == str(work / "base-adapted") and evaluated["checkpoint"] == start_ckpt
+    assert (work / "base-adapted" / "vae" / "config.json").is_file()
+    # the start model's training record goes on with it (shipped again beside the weights)
+    assert summary["train"] == {"step": 10, "train_seconds": 5.0, "model": start_ckpt,
+                                "metrics": str(work / "start" / "metrics.csv")}
+    assert summary["vae"]["adapted"] == {"step": 5, "pairs": 3, "guidance": 1.0, "sampler_steps": 4}
+    assert "VAE decoder adapted to the UNet's own samples" in dm.model_card(summary)
+
+    calls.clear()
+    with pytest.raises(ConfigError, match="train_steps"):
+        flow(str(tmp_path / "nothing"), train_steps=0)
+    assert not calls
+
+
+def _soft_pairs(vae, count, seed, frames_per_pair=9):
+    """Decoder pairs whose latents are the encoder's shrunk towards zero: what an unsure UNet leaves."""
+    pairs = []
+    for i in range(count):
+        frames = _frames(frames_per_pair, 32, 32, seed=seed + i)
+        with torch.no_grad():
+            latents = vae.encode(dm.frames_to_tensor(frames)).latent_dist.mode() * vae.config.scaling_factor
+        pairs.append(dict(latents=(0.4 * latents).numpy(), frames=frames))
+    return pairs
+
+
+def test_adapt_decoder_learns_the_samples_and_keeps_the_encoder():
+    vae = _tiny_vae()
+    dm.pretrain_vae(vae, _frames(8, 32, 32), steps=20, batch_size=4, lr=3e-3, crop=16, warmup_steps=2, log_every=10)
+    assert dm._outer_taps_zero(vae)  # pre-trained on single frames: held frame-wise
+    pairs, held = _soft_pairs(vae, 4, seed=0), _soft_pairs(vae, 2, seed=20)
+    encoder = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    before = dm.pair_scores(vae, held, chunk=4)
+    logged = []
+    metrics = dm.adapt_decoder(vae, pairs, steps=60, crop=None, lr=2e-3, warmup_steps=2, chunk=4, held_out=held,
+                               log_every=30, log=logged.append)
+    assert metrics["before"] == before and [m["step"] for m in logged] == [30, 60]
+    assert metrics["after"]["psnr"] > before["psnr"] + 1.0, metrics
+    assert metrics["after"]["ssim"] > before["ssim"], metrics
+    assert all(torch.equal(encoder[k], v) for k, v in vae.encoder.state_dict().items())
+    assert dm._outer_taps_zero(vae) and all(p.requires_grad for p in vae.parameters())
+
+
+def test_adapt_decoder_rejects_bad_pairs():
+    vae = _tiny_vae()
+    (good,) = _soft_pairs(vae, 1, seed=0)
+    bad_frames = dict(good, frames=good["frames"].astype(np.float32))
+    for pairs, match in (([], "at least one"), ([bad_frames], "decoder pair 0"),
+                         ([dict(good, latents=good["latents"][:, :3])], "decoder pair 0"),
+                         ([dict(latents=good["latents"][:3], frames=good["frames"][:3])], "full chunk")):
+        with pytest.raises(ConfigError, match=match):
+            dm.adapt_decoder(vae, pairs, steps=1, chunk=4)
+    with pytest.raises(ConfigError, match="encoder_share"):
+        dm.adapt_decoder(vae, [good], steps=1, chunk=4, encoder_share=1.5)
+
+
+def test_load_decoder_pairs_skips_partial_files(tmp_path):
+    with pytest.raises(ConfigError, match="no decoder pairs"):
+        dm.load_decoder_pairs(tmp_path)
+    for name in ("b", "a", ".c.tmp"):
+        np.savez(tmp_path / f"{name}.npz", latents=np.full((2, 4, 1, 1), ord(name[-1]), np.float32),
+                 frames=np.zeros((2, 8, 8, 3), np.uint8))
+    pairs = dm.load_decoder_pairs(tmp_path)
+    assert [float(p["latents"][0, 0, 0, 0]) for p in pairs] == [ord("a"), ord("b")]

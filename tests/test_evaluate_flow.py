@@ -275,3 +275,34 @@ def test_vae_reconstruction_baseline_decodes_like_the_sampler(catalog, model):
     want = ((torch.cat(want) / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert got.shape == clip.frames[1:].shape
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_decoder_pairs_are_the_latents_the_evaluation_decodes(catalog, model, tmp_path, monkeypatch):
+    """demo_model.decoder_pair samples exactly what the evaluation renders (same seed: its latents decode to the
+    model's scored frames), and write_decoder_pairs keeps the pairs it wrote (a re-run loads no model)."""
+    import mimicmotion.loading
+    from mimicmotion import demo_model as dm
+    from mimicmotion.evaluation import clip_rows, load_eval_clip, predict
+    from mimicmotion.loading import load_pipeline
+    from mimicmotion.pipeline import frames_to_uint8
+    from mimicmotion.render import RenderSettings
+
+    clip_id = catalog["clip_id"]
+    clip = load_eval_clip(catalog["root"], clip_id, clip_rows(catalog["root"], [clip_id])[clip_id], 64, 6)
+    pipe = load_pipeline(model["base_model"], model["checkpoint"])
+    pair = dm.decoder_pair(pipe, clip, steps=2, guidance=2.0, seed=5, tile_size=4, tile_overlap=1)
+    assert pair["latents"].shape == (7, 4, 8, 8) and pair["latents"].dtype == np.float32
+    assert pair["frames"].shape == (7, 64, 64, 3)
+    assert np.array_equal(pair["frames"][0], clip.frames[0]) and np.array_equal(pair["frames"][1:], clip.frames)
+    settings = RenderSettings(resolution=64, tile_size=4, tile_overlap=1, num_inference_steps=2, seed=5)
+    scored = predict("mimicmotion", clip, pipe, settings)
+    decoded = frames_to_uint8(pipe.decode(torch.from_numpy(pair["latents"])[None])[0])
+    assert np.array_equal(decoded[2:], scored)
+
+    out = dm.write_decoder_pairs(catalog["root"], model["base_model"], model["checkpoint"], [clip_id],
+                                 tmp_path / "pairs", steps=1, guidance=1.0, seed=0, max_frames=6, resolution=64)
+    (loaded,) = dm.load_decoder_pairs(out)
+    assert loaded["latents"].shape == (7, 4, 8, 8) and np.array_equal(loaded["frames"], pair["frames"])
+    monkeypatch.setattr(mimicmotion.loading, "load_pipeline", lambda *a, **k: pytest.fail("pairs were resampled"))
+    dm.write_decoder_pairs(catalog["root"], model["base_model"], model["checkpoint"], [clip_id], out, steps=1,
+                           guidance=1.0, max_frames=6, resolution=64)
