@@ -304,20 +304,12 @@ def decoder_pair(pipe, clip, *, steps: int, guidance: float, seed: int, tile_siz
     pipeline's latents for the clip's poses (scaled, float32 (1+F, C, h, w), the reference pose's slot first,
     sampled as the evaluation renders) and the frames they should decode to (uint8 (1+F, H, W, 3): the
     reference for that slot, then the clip's frames)."""
-    from PIL import Image
-
     from mimicmotion.evaluation import pose_images
-    from mimicmotion.pose.draw import pose_images_to_tensor
-    from mimicmotion.render import release_dtype, release_roundtrip
+    from mimicmotion.render import RenderSettings, pipeline_output
 
-    images = pose_images(clip)
-    dtype = release_dtype(pipe)
-    device = pipe._execution_device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    latents = pipe(Image.fromarray(release_roundtrip(clip.frames[0], dtype)), pose_images_to_tensor(images, dtype=dtype),
-                   height=images.shape[1], width=images.shape[2], num_frames=len(images), tile_size=tile_size,
-                   tile_overlap=tile_overlap, num_inference_steps=steps, min_guidance_scale=guidance,
-                   max_guidance_scale=guidance, generator=generator, output_type="latent").frames[0]
+    settings = RenderSettings(tile_size=tile_size, tile_overlap=tile_overlap, num_inference_steps=steps,
+                              min_guidance_scale=guidance, max_guidance_scale=guidance, seed=seed)
+    latents = pipeline_output(pipe, clip.frames[0], pose_images(clip), settings, output_type="latent")
     return dict(latents=latents.float().cpu().numpy(), frames=np.concatenate([clip.frames[:1], clip.frames]))
 
 
@@ -387,9 +379,9 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
     if not 0.0 <= encoder_share <= 1.0:
         raise ConfigError(f"encoder_share must be in [0, 1], got {encoder_share}")
     h, w = pairs[0]["latents"].shape[2:]
-    if crop is not None and (crop < 2 or (ssim_weight and crop * 8 < 11)):
-        raise ConfigError(f"crop must be at least 2 latent cells (11 pixels with the SSIM term), got {crop}")
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if crop is not None and (crop < 2 or (ssim_weight and crop * factor < 11)):
+        raise ConfigError(f"crop must be at least 2 latent cells (11 pixels with the SSIM term), got {crop}")
     before = pair_scores(vae, held_out, chunk) if held_out else {}
     if _outer_taps_zero(vae):
         hold_decoder_framewise(vae)

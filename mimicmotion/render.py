@@ -127,26 +127,34 @@ def pose_condition_images(ref_pose: np.ndarray, driving: PoseSequence, height: i
 def generate(pipe, reference: np.ndarray, pose_images: np.ndarray, settings: RenderSettings, device=None,
              **pipeline_options) -> np.ndarray:
     """Run the pipeline; returns the rendered frames without the reference frame, uint8 (F, H, W, 3)."""
+    from mimicmotion.pipeline import frames_to_uint8
+
+    out = pipeline_output(pipe, reference, pose_images, settings, device=device, **pipeline_options)
+    return frames_to_uint8(out[1:])
+
+
+def pipeline_output(pipe, reference: np.ndarray, pose_images: np.ndarray, settings: RenderSettings,
+                    device=None, output_type: str = "pt", **pipeline_options):
+    """The pipeline's output for one video as ``generate`` renders it (the reference's slot included): frames
+    (F+1, 3, H, W) in [0, 1], or with ``output_type="latent"`` the final latents (F+1, C, h, w)."""
     import torch
     from PIL import Image
 
-    from mimicmotion.pipeline import frames_to_uint8
     from mimicmotion.pose.draw import pose_images_to_tensor
 
     gen_device = device if device is not None else pipe._execution_device
     generator = torch.Generator(device=gen_device).manual_seed(settings.seed)
     h, w = pose_images.shape[1:3]
     dtype = release_dtype(pipe)
-    out = pipe(
+    return pipe(
         Image.fromarray(release_roundtrip(reference, dtype)), pose_images_to_tensor(pose_images, dtype=dtype),
         height=h, width=w,
         num_frames=len(pose_images), tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
         num_inference_steps=settings.num_inference_steps, min_guidance_scale=settings.min_guidance_scale,
         max_guidance_scale=settings.max_guidance_scale, noise_aug_strength=settings.noise_aug_strength,
-        decode_chunk_size=settings.decode_chunk_size, generator=generator, output_type="pt", device=device,
+        decode_chunk_size=settings.decode_chunk_size, generator=generator, output_type=output_type, device=device,
         **pipeline_options,
     ).frames[0]
-    return frames_to_uint8(out[1:])
 
 
 def resolve_reference_pose(reference: np.ndarray, ref_pose: Optional[PoseSequence], estimator) -> np.ndarray:

@@ -178,7 +178,8 @@ def test_conditioning_matches_the_sampler():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     expected = pipe.encode_vae(Image.fromarray(image), H, W, 0.02, torch.Generator().manual_seed(5), "cpu")
     got = tr.condition_latents(comps["vae"], pixels, 0.02, torch.Generator().manual_seed(5))
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # same pixels, same noise; two VAE forward passes may round differently (seen: 1.6e-6 on 1 of 128 values)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     ids = tr.added_time_ids(2, TrainConfig(fps=7, motion_bucket_id=127, noise_aug=0.02), "cpu")
     # what pipe(fps=7, motion_bucket_id=127, noise_aug_strength=0.02) feeds: fps - 1 first
     assert torch.equal(ids, pipe._time_ids(7 - 1, 127, 0.02, torch.float32, "cpu"))
