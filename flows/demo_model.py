@@ -200,8 +200,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if ship:
         card = dm.model_card(summary)
-        record = [root / "summary.json", root / "vae" / "metrics.json"] + [
-            p for p in (Path(run.get("metrics") or ""), Path(run.get("loss_curve") or "")) if p.is_file()]
+        record = [root / "summary.json", root / "vae" / "metrics.json",
+                  Path(run.get("metrics") or ""), Path(run.get("loss_curve") or "")]  # Path("") is no file
         dm.ship_model(base, run["model"], card, extra_files=[p for p in record if p.is_file()])
     return summary
 

@@ -329,24 +329,20 @@ def _check_pairs(pairs, vae) -> None:
                               f"{getattr(frames, 'dtype', None)} {getattr(frames, 'shape', None)}")
 
 
-def decode_like_sampler(vae, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """Scaled latents (F, C, h, w) -> [-1, 1] frames, ``chunk`` frames per decode from frame 0 (``pipe.decode``)."""
-    flat = latents / vae.config.scaling_factor
-    return torch.cat([vae.decode(flat[i:i + chunk], num_frames=len(flat[i:i + chunk])).sample
-                      for i in range(0, len(flat), chunk)])
-
-
 @torch.no_grad()
 def pair_scores(vae, pairs, chunk: int = 8) -> dict:
-    """Mean SSIM and PSNR of the pairs' latents decoded as the sampler decodes them, scored like the evaluation
-    (the frames after the reference: pair frames 2..)."""
+    """Mean SSIM and PSNR of the pairs' latents decoded as the sampler decodes them (``pipeline.decode_latents``),
+    on the frames the evaluation scores (those after the reference: pair frames 2..); the frames are rounded to
+    uint8 (the evaluation truncates: within one grey level)."""
     from mimicmotion.metrics import psnr, ssim
+    from mimicmotion.pipeline import decode_latents
     from mimicmotion.training.trainer import frames_uint8
 
     vae.eval()
     ssims, psnrs = [], []
     for pair in pairs:
-        frames = frames_uint8(decode_like_sampler(vae, torch.from_numpy(pair["latents"]), chunk).clamp(-1, 1))
+        latents = torch.from_numpy(pair["latents"]) / vae.config.scaling_factor
+        frames = frames_uint8(decode_latents(vae, latents, chunk).clamp(-1, 1))
         ssims.append(ssim(frames[2:], pair["frames"][2:]))
         psnrs.append(psnr(frames[2:], pair["frames"][2:]))
     return dict(ssim=float(np.mean(ssims)), psnr=float(np.mean(psnrs)))

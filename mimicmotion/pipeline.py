@@ -302,16 +302,11 @@ class MimicMotionPipeline(DiffusionPipeline):
             original = self.vae.device
             self.vae.to(device)
         self._stage(self.vae, device)
-        accepts_frames = "num_frames" in inspect.signature(self.vae.forward).parameters
-        frames = []
-        for i in range(0, flat.shape[0], decode_chunk_size):
-            chunk = flat[i:i + decode_chunk_size].to(device=device, dtype=self.vae.dtype)
-            kwargs = {"num_frames": chunk.shape[0]} if accepts_frames else {}
-            frames.append(self.vae.decode(chunk, **kwargs).sample.cpu())
+        frames = decode_latents(self.vae, flat, decode_chunk_size, device)
         self._unstage(self.vae)
         if moved:
             self.vae.to(original)
-        frames = torch.cat(frames).float().reshape(b, f, *frames[0].shape[1:])
+        frames = frames.float().reshape(b, f, *frames.shape[1:])
         return (frames / 2 + 0.5).clamp(0, 1)
 
     # ------------------------------------------------------------------ the call
@@ -387,6 +382,20 @@ class MimicMotionPipeline(DiffusionPipeline):
         if not return_dict:
             return (frames,)
         return MimicMotionPipelineOutput(frames=frames)
+
+
+def decode_latents(vae, latents: torch.Tensor, chunk_size: int = 8, device=None) -> torch.Tensor:
+    """Unscaled latents (N, C, h, w) -> the VAE's frames (N, 3, H, W) in about [-1, 1], on the CPU, decoded
+    ``chunk_size`` consecutive frames at a time from frame 0 (a temporal decoder sees each chunk as one clip):
+    how the sampler decodes a video."""
+    device = latents.device if device is None else torch.device(device)
+    accepts_frames = "num_frames" in inspect.signature(vae.forward).parameters
+    frames = []
+    for i in range(0, latents.shape[0], chunk_size):
+        chunk = latents[i:i + chunk_size].to(device=device, dtype=vae.dtype)
+        kwargs = {"num_frames": chunk.shape[0]} if accepts_frames else {}
+        frames.append(vae.decode(chunk, **kwargs).sample.cpu())
+    return torch.cat(frames)
 
 
 def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
