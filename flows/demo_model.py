@@ -87,6 +87,20 @@ def finetune_vae_decoder_task(synth_dir: str, vae_dir: str, out_dir: str, steps:
                       warmup_steps=20, ssim_weight=ssim_weight, train_encoder=False)
 
 
+@task(name="continue-vae", cache_policy=NO_CACHE)
+def continue_vae_task(synth_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int, ssim_weight: float,
+                      record: Optional[dict] = None) -> dict:
+    """Train a finished model's whole VAE (encoder included) further: the latents move, so the UNet must be
+    trained on after it. The scaling factor is kept (the UNet learnt at that scale). ``record``: more entries
+    for its metrics."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    return _train_vae(synth_dir, Path(out_dir), lambda: AutoencoderKLTemporalDecoder.from_pretrained(vae_dir),
+                      steps, seed, "vae continued", set_scale=False, batch_seed=seed + 2,
+                      record=dict(whole_vae=True, ssim_weight=ssim_weight, **(record or {})), lr=3e-4,
+                      warmup_steps=50, ssim_weight=ssim_weight, train_encoder=True)
+
+
 @task(name="sample-decoder-pairs", cache_policy=NO_CACHE)
 def sample_decoder_pairs_task(catalog: str, base_dir: str, checkpoint: str, out_dir: str, clips: int,
                               guidance: float, steps: int, seed: int) -> str:
@@ -128,7 +142,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                workers: int = 2, lr: float = 2e-4, eval_steps: int = 10, eval_clips: int = 16, eval_frames: int = 16,
                ship: bool = False, vae_decoder_steps: int = 0, continue_from: Optional[str] = None,
                train_seed: Optional[int] = None, decay_steps: int = 0, vae_decoder_ssim_weight: float = 0.5,
-               adapt_decoder_steps: int = 0, adapt_clips: int = 128, adapt_guidance: float = 2.0) -> dict:
+               adapt_decoder_steps: int = 0, adapt_clips: int = 128, adapt_guidance: float = 2.0,
+               vae_continue_steps: int = 0, vae_continue_ssim_weight: float = 2.0) -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
     from flows.train import train
@@ -137,6 +152,10 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     if train_steps < 0 or (train_steps == 0 and not continue_from):
         raise ConfigError(f"train_steps must be >= 1, or 0 with continue_from (keep a finished model's UNet, e.g. to "
                           f"adapt its decoder); got {train_steps}")
+    if vae_continue_steps > 0 and (not continue_from or train_steps < 1):
+        raise ConfigError("vae_continue_steps trains a finished model's whole VAE, which moves its latents: it needs "
+                          "continue_from and train_steps >= 1 (the UNet must learn the new latents); got "
+                          f"continue_from={continue_from!r}, train_steps={train_steps}")
     root = Path(work)
     synth, catalog = root / "synth", root / "catalog"
     generate_dataset(synth, videos, seed=seed, width=dm.DEMO_WIDTH, height=dm.DEMO_HEIGHT, num_frames=96)
@@ -152,6 +171,15 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     else:
         prior = None
         vae_metrics, vae_dir = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed), root / "vae"
+    if vae_continue_steps > 0:
+        # encoder and decoder train on, so the latents move (the UNet trains on below); an adapted decoder's
+        # record goes with the decoder it describes
+        vae_metrics = {k: v for k, v in vae_metrics.items() if k != "adapted"}
+        vae_metrics["continued"] = continue_vae_task(
+            str(synth), str(vae_dir), str(root / "vae-continued"), vae_continue_steps, seed,
+            ssim_weight=vae_continue_ssim_weight,
+            record=dict(continued_from=vae_metrics["continued"]) if vae_metrics.get("continued") else None)
+        vae_dir = root / "vae-continued"
     if vae_decoder_steps > 0:
         # the encoder, so the latents a UNet learnt on, stays as it is; a continued model's earlier decoder
         # stage is kept in the record
@@ -167,7 +195,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         # pretrain_vae already holds them; this also repairs a VAE pre-trained before it did (a no-op otherwise)
         dm.hold_decoder_framewise(vae)
         base, init = dm.build_initial_model(root / "init", vae, seed)
-    elif vae_decoder_steps > 0:
+    elif vae_decoder_steps > 0 or vae_continue_steps > 0:
         base = dm.base_with_vae(base, vae_dir, root / "base")
     train_sql, train_params = dm.split_sql("train")
     train_config = dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed if train_seed is None else train_seed,
@@ -221,6 +249,11 @@ def main(argv=None) -> int:
                          "with --continue-from, the start model's decoder")
     ap.add_argument("--vae-decoder-ssim-weight", type=float, default=0.5,
                     help="weight of the (1 - SSIM) term of the decoder stage's loss (L1 + MSE + weight x (1 - SSIM))")
+    ap.add_argument("--vae-continue-steps", type=int, default=0,
+                    help="with --continue-from: train the start model's whole VAE (encoder too) this many more "
+                         "steps before the UNet trains on its new latents (needs --train-steps >= 1)")
+    ap.add_argument("--vae-continue-ssim-weight", type=float, default=2.0,
+                    help="weight of the (1 - SSIM) term of that stage's loss")
     ap.add_argument("--eval-steps", type=int, default=10, help="denoising steps of the evaluation renders")
     ap.add_argument("--eval-clips", type=int, default=16, help="test clips evaluated (one per test video)")
     ap.add_argument("--eval-frames", type=int, default=16, help="frames per evaluated clip (reference included)")
@@ -244,7 +277,8 @@ def main(argv=None) -> int:
                          continue_from=args.continue_from, train_seed=args.train_seed,
                          decay_steps=args.decay_steps, vae_decoder_ssim_weight=args.vae_decoder_ssim_weight,
                          adapt_decoder_steps=args.adapt_decoder_steps, adapt_clips=args.adapt_clips,
-                         adapt_guidance=args.adapt_guidance)
+                         adapt_guidance=args.adapt_guidance, vae_continue_steps=args.vae_continue_steps,
+                         vae_continue_ssim_weight=args.vae_continue_ssim_weight)
     print(json.dumps(summary.get("evaluation"), indent=2, default=str))
     return 0
 

@@ -679,6 +679,10 @@ def model_card(summary: dict) -> str:
            f"(1 - SSIM)): {_picked(vae['decoder'], ('step', 'psnr', 'ssim', 'seconds'))}"
            + _earlier_decoder_stage(vae["decoder"])]
           if isinstance(vae.get("decoder"), dict) else []),
+        *([f"- Whole VAE (encoder too) trained on from the earlier demo model's (L1 + MSE + "
+           f"{vae['continued'].get('ssim_weight')} x (1 - SSIM)): "
+           f"{_picked(vae['continued'], ('step', 'psnr', 'ssim', 'seconds'))}; its latents moved, so the UNet "
+           "below trained on with them"] if isinstance(vae.get("continued"), dict) else []),
         *([f"- VAE decoder adapted to the UNet's own samples (`adapt_decoder`, encoder frozen; "
            f"trained on {vae['adapted'].get('pairs')} training clips sampled at guidance "
            f"{vae['adapted'].get('guidance')} ({vae['adapted'].get('held_out', 0)} more held out), "

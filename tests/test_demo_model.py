@@ -362,12 +362,14 @@ def test_demo_model_flow_cli_passes_the_decoder_stage_options(monkeypatch):
     monkeypatch.setattr(flow_module, "demo_model", lambda *a, **kw: calls.append((a, kw)) or {"evaluation": []})
     assert flow_module.main(["--work", "w", "--continue-from", "m", "--vae-decoder-steps", "3000",
                              "--vae-decoder-ssim-weight", "2", "--train-steps", "10", "--decay-steps", "10",
-                             "--adapt-decoder-steps", "7", "--adapt-clips", "5", "--adapt-guidance", "1"]) == 0
+                             "--adapt-decoder-steps", "7", "--adapt-clips", "5", "--adapt-guidance", "1",
+                             "--vae-continue-steps", "400", "--vae-continue-ssim-weight", "1.5"]) == 0
     (args, kwargs), = calls
     assert args[:5] == ("w", 160, 0, 3000, 10)
     assert kwargs["continue_from"] == "m" and kwargs["vae_decoder_steps"] == 3000
     assert kwargs["vae_decoder_ssim_weight"] == 2.0 and kwargs["decay_steps"] == 10
     assert (kwargs["adapt_decoder_steps"], kwargs["adapt_clips"], kwargs["adapt_guidance"]) == (7, 5, 1.0)
+    assert (kwargs["vae_continue_steps"], kwargs["vae_continue_ssim_weight"]) == (400, 1.5)
 
 
 @pytest.fixture
@@ -411,6 +413,7 @@ def faked_flow(tmp_path, monkeypatch):
     monkeypatch.setattr(flows.evaluate, "evaluate", lambda **k: calls.setdefault("evaluate", []).append(k) or {})
     monkeypatch.setattr(flow_module, "pretrain_vae_task", fake_vae_stage("pretrain"))
     monkeypatch.setattr(flow_module, "finetune_vae_decoder_task", fake_vae_stage("decoder"))
+    monkeypatch.setattr(flow_module, "continue_vae_task", fake_vae_stage("continue"))
 
     def fake_pairs(*args):
         calls.setdefault("pairs", []).append(args)
@@ -476,6 +479,34 @@ def test_demo_model_flow_adapts_the_decoder_of_a_finished_model(tmp_path, faked_
     with pytest.raises(ConfigError, match="train_steps"):
         flow(str(tmp_path / "nothing"), train_steps=0)
     assert not calls
+
+
+def test_demo_model_flow_continues_the_whole_vae_then_the_unet(tmp_path, faked_flow):
+    """The whole VAE trains on from the start model's, then the UNet trains on its latents (both use the new base
+    folder), the decoder is adapted to the new model; an adapted decoder's record is dropped with that decoder.
+    Without UNet steps the new latents would meet a UNet that never saw them: refused before anything runs."""
+    flow, shipped, calls = faked_flow["flow"], faked_flow["shipped"], faked_flow["calls"]
+    record = json.loads((shipped / "summary.json").read_text())
+    record["vae"]["adapted"] = {"step": 1500}
+    (shipped / "summary.json").write_text(json.dumps(record))
+    work = tmp_path / "continued"
+    summary = flow(str(work), continue_from=str(shipped), vae_continue_steps=40, vae_continue_ssim_weight=1.5,
+                   train_steps=1, adapt_decoder_steps=5, adapt_clips=3)
+    (args, kwargs), = calls["continue"]
+    assert args[:3] == (str(work / "start" / "base" / "vae"), str(work / "vae-continued"), 40)
+    assert kwargs == {"ssim_weight": 1.5, "record": None}
+    assert calls["train"][0]["base_model"] == str(work / "base") and "decoder" not in calls
+    assert calls["adapt"][0][1:3] == (str(work / "base" / "vae"), str(work / "vae-adapted"))
+    assert calls["evaluate"][0]["base_model"] == str(work / "base-adapted")
+    assert summary["vae"]["continued"]["step"] == 40 and summary["vae"]["adapted"]["step"] == 5
+    assert summary["vae"]["decoder"] == faked_flow["earlier"]
+    assert "Whole VAE (encoder too) trained on" in dm.model_card(summary)
+
+    calls.clear()
+    for options in (dict(continue_from=str(shipped), train_steps=0), dict(train_steps=1)):
+        with pytest.raises(ConfigError, match="vae_continue_steps"):
+            flow(str(tmp_path / "refused"), vae_continue_steps=40, **options)
+    assert not calls and not (tmp_path / "refused").exists()
 
 
 def _soft_pairs(vae, count, seed, frames_per_pair=9):
