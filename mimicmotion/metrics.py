@@ -154,6 +154,47 @@ def ssim(a, b, data_range: float = 255.0) -> float:
     return float(ssim_per_frame(a, b, data_range).mean())
 
 
+def changed_mask(frames, reference, threshold: float = 12.0) -> np.ndarray:
+    """Where each frame (N, H, W, C) differs from the reference frame (H, W, C) by more than ``threshold`` in
+    some channel: bool (N, H, W). With a still camera this splits a clip into the background the reference
+    already shows (False) and what moved (True)."""
+    x = _as_video(frames, "frames").astype(np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    if ref.ndim == 2:
+        ref = ref[..., None]
+    if ref.shape != x.shape[1:]:
+        raise ConfigError(f"reference {ref.shape} does not match the frames {x.shape[1:]}")
+    return np.abs(x - ref).max(axis=-1) > threshold
+
+
+def region_ssim(a, b, mask, data_range: float = 255.0) -> tuple:
+    """SSIM inside and outside a per-pixel mask (N, H, W): for each frame the SSIM map (per channel, averaged
+    over channels, border pixels left out as ``ssim`` does) averaged over the masked pixels and over the
+    others; then the mean over the frames where that region has pixels (NaN where no frame does). Returns
+    (inside, outside). A mask that is all False gives ``ssim`` as the outside score."""
+    x, y = _pair(a, b)
+    m = np.asarray(mask, dtype=bool)
+    if m.shape != x.shape[:3]:
+        raise ConfigError(f"mask {m.shape} does not match the frames {x.shape[:3]}")
+    r = _check_range(data_range)
+    n, h, w, c = x.shape
+    inner = (slice(SSIM_RADIUS, h - SSIM_RADIUS), slice(SSIM_RADIUS, w - SSIM_RADIUS))
+    inside, outside = np.full(n, np.nan), np.full(n, np.nan)
+    for i in range(n):
+        smap = np.mean([ssim_map(np.ascontiguousarray(x[i, :, :, k]), np.ascontiguousarray(y[i, :, :, k]), r)[inner]
+                        for k in range(c)], axis=0)
+        region = m[i][inner]
+        if region.any():
+            inside[i] = smap[region].mean()
+        if not region.all():
+            outside[i] = smap[~region].mean()
+    scores = []
+    for values in (inside, outside):
+        values = values[~np.isnan(values)]
+        scores.append(float(values.mean()) if len(values) else float("nan"))
+    return tuple(scores)
+
+
 # ---------------------------------------------------------------------------------------------- Fréchet distance
 def gaussian_fit(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (unbiased, N - 1; as pytorch-fid and StyleGAN-V) of features (N, D), N >= 2."""

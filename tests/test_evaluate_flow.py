@@ -306,3 +306,36 @@ def test_decoder_pairs_are_the_latents_the_evaluation_decodes(catalog, model, tm
     monkeypatch.setattr(mimicmotion.loading, "load_pipeline", lambda *a, **k: pytest.fail("pairs were resampled"))
     dm.write_decoder_pairs(catalog["root"], model["base_model"], model["checkpoint"], [clip_id], out, steps=1,
                            guidance=1.0, max_frames=6, resolution=64)
+
+
+def test_region_benchmark_splits_each_method_by_what_moved(catalog, model):
+    """benchmarks/region_ssim.py: each method's whole-frame SSIM is the evaluation's metric on its frames, its
+    static / changed scores are region_ssim over changed_mask, and the reference through the VAE is frame 0's
+    reconstruction repeated."""
+    import sys
+    from pathlib import Path
+
+    from mimicmotion.evaluation import clip_rows, load_eval_clip, predict, vae_roundtrip
+    from mimicmotion.loading import load_pipeline
+    from mimicmotion.metrics import changed_mask, region_ssim, ssim
+    from mimicmotion.render import RenderSettings
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import region_ssim as bench
+
+    clip_id = catalog["clip_id"]
+    clip = load_eval_clip(catalog["root"], clip_id, clip_rows(catalog["root"], [clip_id])[clip_id], 64, 6)
+    pipe = load_pipeline(model["base_model"], model["checkpoint"])
+    settings = RenderSettings(resolution=64, tile_size=4, tile_overlap=1, num_inference_steps=1, seed=3,
+                              decode_chunk_size=2)
+    got = bench.clip_scores(pipe, clip, settings, threshold=12.0)
+    assert set(got["scores"]) == set(bench.METHODS)
+    truth, mask = clip.frames[1:], changed_mask(clip.frames[1:], clip.frames[0], 12.0)
+    assert got["changed_share"] == pytest.approx(mask.mean())
+    model_frames = predict("mimicmotion", clip, pipe, settings)
+    changed, static = region_ssim(model_frames, truth, mask)
+    assert got["scores"]["mimicmotion"] == pytest.approx((ssim(model_frames, truth), static, changed), nan_ok=True)
+    through = np.repeat(vae_roundtrip(pipe, clip.frames[:1], 2), len(truth), axis=0)
+    assert got["scores"]["reference_through_vae"][0] == pytest.approx(ssim(through, truth))
+    assert got["scores"]["copy_reference"][0] == pytest.approx(ssim(np.repeat(clip.frames[:1], len(truth), 0),
+                                                                    truth))

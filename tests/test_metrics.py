@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from mimicmotion.errors import ConfigError, ModelFileError
-from mimicmotion.metrics import (feature_frechet_distance, frechet_distance, gaussian_fit, gaussian_kernel,
-                                 masked_psnr, masked_psnr_per_frame, psnr, psnr_per_frame, ssim, ssim_per_frame)
+from mimicmotion.metrics import (changed_mask, feature_frechet_distance, frechet_distance, gaussian_fit,
+                                 gaussian_kernel, masked_psnr, masked_psnr_per_frame, psnr, psnr_per_frame,
+                                 region_ssim, ssim, ssim_map, ssim_per_frame)
 
 RNG = np.random.default_rng(0)
 
@@ -133,6 +134,39 @@ def test_ssim_falls_with_noise():
     a = RNG.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8).astype(np.float64)
     scores = [ssim(a, np.clip(a + RNG.normal(0, s, a.shape), 0, 255)) for s in (2, 10, 40)]
     assert 1 > scores[0] > scores[1] > scores[2]
+
+
+def test_changed_mask_marks_what_differs_from_the_reference():
+    ref = np.full((4, 5, 3), 100, np.uint8)
+    frames = np.repeat(ref[None], 2, axis=0)
+    frames[0, 1, 2, 1] = 113  # one channel past the threshold
+    frames[1, 3, 4] = 112  # at the threshold: unchanged
+    mask = changed_mask(frames, ref, threshold=12)
+    assert mask.shape == (2, 4, 5) and mask.sum() == 1 and mask[0, 1, 2]
+    with pytest.raises(ConfigError, match="reference"):
+        changed_mask(frames, ref[:3], threshold=12)
+
+
+def test_region_ssim_splits_the_ssim_map():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, (2, 24, 20, 3)).astype(np.uint8)
+    pred = truth.copy()
+    pred[:, :, 10:] = rng.integers(0, 256, (2, 24, 10, 3))  # right half wrong
+    mask = np.zeros((2, 24, 20), bool)
+    mask[:, :, 13:] = True  # inside the wrong half: windows there see mostly wrong pixels
+    inside, outside = region_ssim(pred, truth, mask)
+    assert inside < 0.2 and 0.2 < outside < 1
+    # by hand from the SSIM map: the masked interior pixels' mean per frame, then over frames
+    maps = [np.mean([ssim_map(pred[i, :, :, k].astype(float), truth[i, :, :, k].astype(float))[5:-5, 5:-5]
+                     for k in range(3)], axis=0) for i in range(2)]
+    assert inside == pytest.approx(np.mean([m[:, 8:].mean() for m in maps]), abs=1e-12)
+    assert outside == pytest.approx(np.mean([m[:, :8].mean() for m in maps]), abs=1e-12)
+    # no mask: the outside is the whole-frame SSIM, the inside has nothing to score
+    inside, outside = region_ssim(pred, truth, np.zeros_like(mask))
+    assert math.isnan(inside) and outside == pytest.approx(ssim(pred, truth), abs=1e-12)
+    assert region_ssim(truth, truth, mask) == pytest.approx((1.0, 1.0))
+    with pytest.raises(ConfigError, match="mask"):
+        region_ssim(pred, truth, mask[:, :5])
 
 
 def test_gaussian_kernel_is_normalised():
