@@ -21,6 +21,9 @@ UNet and only its decoder is adapted:
 
     python flows/demo_model.py --work /tmp/demo-adapt --continue-from mimicmotion/assets/demo_model \
         --train-steps 0 --adapt-decoder-steps 1500 --ship
+
+``--vae-continue-steps N`` trains a finished model's whole VAE (encoder too) N more steps first; its latents
+move, so the UNet then trains on them (``--train-steps`` >= 1 is required).
 """
 from __future__ import annotations
 
