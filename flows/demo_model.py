@@ -52,7 +52,7 @@ def _train_vae(synth_dir: str, out: Path, make_vae, steps: int, seed: int, label
     trained with); ``record``: more entries for the saved metrics."""
     import torch
 
-    if (out / "config.json").is_file():
+    if _saved(out):
         return json.loads((out / "metrics.json").read_text())
     torch.manual_seed(seed)
     frames = dm.collect_frames(sorted(Path(synth_dir, "train").glob("*.mp4")))
@@ -64,11 +64,21 @@ def _train_vae(synth_dir: str, out: Path, make_vae, steps: int, seed: int, label
     metrics["scaling_factor"] = (dm.set_scaling_factor(vae, metrics["latent_std"]) if set_scale
                                  else vae.config.scaling_factor)
     metrics.update(frames=int(len(frames)), seconds=time.perf_counter() - start, **(record or {}))
+    _save_vae(vae, metrics, out)
+    return metrics
+
+
+def _saved(out: Path) -> bool:
+    """Whether an earlier run already saved a VAE stage into ``out``."""
+    return (out / "config.json").is_file()
+
+
+def _save_vae(vae, metrics: dict, out: Path) -> None:
+    """``vae`` and its metrics.json into ``out`` in one rename."""
     tmp = out.with_name(out.name + ".tmp")
     vae.save_pretrained(tmp)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     tmp.replace(out)
-    return metrics
 
 
 @task(name="pretrain-vae", cache_policy=NO_CACHE)
@@ -125,7 +135,7 @@ def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, s
     from diffusers import AutoencoderKLTemporalDecoder
 
     out = Path(out_dir)
-    if (out / "config.json").is_file():
+    if _saved(out):
         return json.loads((out / "metrics.json").read_text())
     pairs = dm.load_decoder_pairs(pairs_dir)
     held = pairs[::held_out_every]
@@ -133,10 +143,7 @@ def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, s
     vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir)
     metrics = dm.adapt_decoder(vae, train, steps=steps, seed=seed, held_out=held,
                                log=lambda m: get_run_logger().info("adapt decoder %s", m))
-    tmp = out.with_name(out.name + ".tmp")
-    vae.save_pretrained(tmp)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    tmp.replace(out)
+    _save_vae(vae, metrics, out)
     return metrics
 
 

@@ -313,10 +313,15 @@ def decoder_pair(pipe, clip, *, steps: int, guidance: float, seed: int, tile_siz
     return dict(latents=latents.float().cpu().numpy(), frames=np.concatenate([clip.frames[:1], clip.frames]))
 
 
+def _vae_factor(vae) -> int:
+    """Pixels per latent cell along each side."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def _check_pairs(pairs, vae) -> None:
     if not len(pairs):
         raise ConfigError("decoder adaptation needs at least one (latents, frames) pair; sample some first")
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = _vae_factor(vae)
     for i, pair in enumerate(pairs):
         latents, frames = pair.get("latents"), pair.get("frames")
         ok = (isinstance(latents, np.ndarray) and isinstance(frames, np.ndarray) and latents.ndim == 4
@@ -375,7 +380,7 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
     if not 0.0 <= encoder_share <= 1.0:
         raise ConfigError(f"encoder_share must be in [0, 1], got {encoder_share}")
     h, w = pairs[0]["latents"].shape[2:]
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = _vae_factor(vae)
     if crop is not None and (crop < 2 or (ssim_weight and crop * factor < 11)):
         raise ConfigError(f"crop must be at least 2 latent cells (11 pixels with the SSIM term), got {crop}")
     before = pair_scores(vae, held_out, chunk) if held_out else {}
@@ -390,6 +395,7 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    ch, cw = (h, w) if crop is None else (min(crop, h), min(crop, w))
     rng = np.random.default_rng(seed)
     vae.train()
     start, losses, metrics = time.perf_counter(), [], {}
@@ -400,7 +406,6 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
         source = own[k] if rng.random() < encoder_share else torch.from_numpy(pairs[k]["latents"])
         latents = source[first:first + chunk] / vae.config.scaling_factor
         images = frames_to_tensor(pairs[k]["frames"][first:first + chunk])
-        ch, cw = (h, w) if crop is None else (min(crop, h), min(crop, w))
         y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
         latents = latents[:, :, y:y + ch, x:x + cw]
         images = images[:, :, y * factor:(y + ch) * factor, x * factor:(x + cw) * factor]

@@ -137,16 +137,19 @@ def ssim_per_frame(a, b, data_range: float = 255.0) -> np.ndarray:
     """SSIM of each frame, shape (N,): per channel, averaged over channels (see the module docstring)."""
     x, y = _pair(a, b)
     r = _check_range(data_range)
-    n, h, w, c = x.shape
     side = 2 * SSIM_RADIUS + 1
-    if h < side or w < side:
-        raise ConfigError(f"SSIM needs frames of at least {side}x{side} pixels, got {h}x{w}")
+    if x.shape[1] < side or x.shape[2] < side:
+        raise ConfigError(f"SSIM needs frames of at least {side}x{side} pixels, got {x.shape[1]}x{x.shape[2]}")
+    return np.array([np.mean([m.mean() for m in _interior_ssim_maps(x[i], y[i], r)]) for i in range(len(x))])
+
+
+def _interior_ssim_maps(x: np.ndarray, y: np.ndarray, data_range: float) -> list:
+    """The SSIM maps of two frames (H, W, C), one per channel, cut to the pixels at least ``SSIM_RADIUS`` from
+    the border (where the window lies inside the image)."""
+    h, w = x.shape[:2]
     inner = (slice(SSIM_RADIUS, h - SSIM_RADIUS), slice(SSIM_RADIUS, w - SSIM_RADIUS))
-    out = np.empty(n)
-    for i in range(n):
-        out[i] = np.mean([ssim_map(np.ascontiguousarray(x[i, :, :, k]), np.ascontiguousarray(y[i, :, :, k]), r)
-                          [inner].mean() for k in range(c)])
-    return out
+    return [ssim_map(np.ascontiguousarray(x[:, :, k]), np.ascontiguousarray(y[:, :, k]), data_range)[inner]
+            for k in range(x.shape[2])]
 
 
 def ssim(a, b, data_range: float = 255.0) -> float:
@@ -177,12 +180,11 @@ def region_ssim(a, b, mask, data_range: float = 255.0) -> tuple:
     if m.shape != x.shape[:3]:
         raise ConfigError(f"mask {m.shape} does not match the frames {x.shape[:3]}")
     r = _check_range(data_range)
-    n, h, w, c = x.shape
+    n, h, w, _ = x.shape
     inner = (slice(SSIM_RADIUS, h - SSIM_RADIUS), slice(SSIM_RADIUS, w - SSIM_RADIUS))
     inside, outside = np.full(n, np.nan), np.full(n, np.nan)
     for i in range(n):
-        smap = np.mean([ssim_map(np.ascontiguousarray(x[i, :, :, k]), np.ascontiguousarray(y[i, :, :, k]), r)[inner]
-                        for k in range(c)], axis=0)
+        smap = np.mean(_interior_ssim_maps(x[i], y[i], r), axis=0)
         region = m[i][inner]
         if region.any():
             inside[i] = smap[region].mean()
