@@ -23,7 +23,9 @@ UNet and only its decoder is adapted:
         --train-steps 0 --adapt-decoder-steps 1500 --ship
 
 ``--vae-continue-steps N`` trains a finished model's whole VAE (encoder too) N more steps first; its latents
-move, so the UNet then trains on them (``--train-steps`` >= 1 is required).
+move, so the UNet then trains on them (``--train-steps`` >= 1 is required). ``--device cuda`` runs every stage
+(VAE training, the UNet through the train flow with one GPU per worker, decoder pairs and adaptation, the
+evaluation) on a GPU; a device this machine lacks is refused before anything runs.
 """
 from __future__ import annotations
 
@@ -44,12 +46,13 @@ from mimicmotion.errors import ConfigError  # noqa: E402
 
 
 def _train_vae(synth_dir: str, out: Path, make_vae, steps: int, seed: int, label: str, *, set_scale: bool,
-               batch_seed: int, record: Optional[dict] = None, **options) -> dict:
+               batch_seed: int, record: Optional[dict] = None, device: str = "cpu", **options) -> dict:
     """Train the VAE ``make_vae()`` returns on the synthetic training frames (``dm.pretrain_vae`` with
     ``options``, batches drawn with ``batch_seed``) and save it with its metrics into ``out`` in one rename;
     an ``out`` saved by an earlier run is not trained again (its metrics are returned). ``set_scale``: set the
     scaling factor from the latents (after pre-training; a decoder-only stage keeps the factor the UNet was
-    trained with); ``record``: more entries for the saved metrics."""
+    trained with); ``record``: more entries for the saved metrics; ``device``: where it trains (saved from the
+    CPU)."""
     import torch
 
     if _saved(out):
@@ -57,10 +60,11 @@ def _train_vae(synth_dir: str, out: Path, make_vae, steps: int, seed: int, label
     torch.manual_seed(seed)
     frames = dm.collect_frames(sorted(Path(synth_dir, "train").glob("*.mp4")))
     held = dm.collect_frames(sorted(Path(synth_dir, "test").glob("*.mp4")), every=40)
-    vae = make_vae()
+    vae = make_vae().to(device)
     start = time.perf_counter()
     metrics = dm.pretrain_vae(vae, frames, held_out=held, steps=steps, seed=batch_seed, batch_size=8, crop=64,
                               log=lambda m: get_run_logger().info("%s %s", label, m), **options)
+    vae.to("cpu")
     metrics["scaling_factor"] = (dm.set_scaling_factor(vae, metrics["latent_std"]) if set_scale
                                  else vae.config.scaling_factor)
     metrics.update(frames=int(len(frames)), seconds=time.perf_counter() - start, **(record or {}))
@@ -82,27 +86,27 @@ def _save_vae(vae, metrics: dict, out: Path) -> None:
 
 
 @task(name="pretrain-vae", cache_policy=NO_CACHE)
-def pretrain_vae_task(synth_dir: str, out_dir: str, steps: int, seed: int) -> dict:
+def pretrain_vae_task(synth_dir: str, out_dir: str, steps: int, seed: int, device: str = "cpu") -> dict:
     return _train_vae(synth_dir, Path(out_dir), lambda: dm.demo_components(seed)["vae"], steps, seed, "vae",
-                      set_scale=True, batch_seed=seed, lr=5e-4)
+                      set_scale=True, batch_seed=seed, device=device, lr=5e-4)
 
 
 @task(name="finetune-vae-decoder", cache_policy=NO_CACHE)
 def finetune_vae_decoder_task(synth_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int,
-                              ssim_weight: float, record: Optional[dict] = None) -> dict:
+                              ssim_weight: float, record: Optional[dict] = None, device: str = "cpu") -> dict:
     """Train the pre-trained VAE's decoder further with an SSIM term, its encoder frozen: the latents (and a
     UNet trained on them) stay valid, the reconstructions sharpen. ``record``: more entries for its metrics."""
     from diffusers import AutoencoderKLTemporalDecoder
 
     return _train_vae(synth_dir, Path(out_dir), lambda: AutoencoderKLTemporalDecoder.from_pretrained(vae_dir),
                       steps, seed, "vae decoder", set_scale=False, batch_seed=seed + 1,
-                      record=dict(decoder_only=True, ssim_weight=ssim_weight, **(record or {})), lr=2e-4,
+                      record=dict(decoder_only=True, ssim_weight=ssim_weight, **(record or {})), device=device, lr=2e-4,
                       warmup_steps=20, ssim_weight=ssim_weight, train_encoder=False)
 
 
 @task(name="continue-vae", cache_policy=NO_CACHE)
 def continue_vae_task(synth_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int, ssim_weight: float,
-                      record: Optional[dict] = None) -> dict:
+                      record: Optional[dict] = None, device: str = "cpu") -> dict:
     """Train a finished model's whole VAE (encoder included) further: the latents move, so the UNet must be
     trained on after it. The scaling factor is kept (the UNet learnt at that scale). ``record``: more entries
     for its metrics."""
@@ -110,25 +114,25 @@ def continue_vae_task(synth_dir: str, vae_dir: str, out_dir: str, steps: int, se
 
     return _train_vae(synth_dir, Path(out_dir), lambda: AutoencoderKLTemporalDecoder.from_pretrained(vae_dir),
                       steps, seed, "vae continued", set_scale=False, batch_seed=seed + 2,
-                      record=dict(whole_vae=True, ssim_weight=ssim_weight, **(record or {})), lr=3e-4,
+                      record=dict(whole_vae=True, ssim_weight=ssim_weight, **(record or {})), device=device, lr=3e-4,
                       warmup_steps=50, ssim_weight=ssim_weight, train_encoder=True)
 
 
 @task(name="sample-decoder-pairs", cache_policy=NO_CACHE)
 def sample_decoder_pairs_task(catalog: str, base_dir: str, checkpoint: str, out_dir: str, clips: int,
-                              guidance: float, steps: int, seed: int) -> str:
+                              guidance: float, steps: int, seed: int, device: str = "cpu") -> str:
     """The trained model's latents for the first clip of ``clips`` training videos, with their true frames."""
     from mimicmotion.evaluation import select_clips
 
     sql, params = dm.split_sql("train", first_clip_only=True, limit=clips)
     clip_ids = select_clips(catalog, sql=sql, params=params)
     return str(dm.write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, steps=steps,
-                                      guidance=guidance, seed=seed, log=get_run_logger().info))
+                                      guidance=guidance, seed=seed, log=get_run_logger().info, device=device))
 
 
 @task(name="adapt-decoder", cache_policy=NO_CACHE)
 def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int,
-                       held_out_every: int = 16) -> dict:
+                       held_out_every: int = 16, device: str = "cpu") -> dict:
     """Adapt the VAE decoder to the sampled pairs (``dm.adapt_decoder``; every ``held_out_every``-th pair is
     held out and scored) and save it with its metrics into ``out_dir`` in one rename; an ``out_dir`` saved by
     an earlier run is kept."""
@@ -140,10 +144,10 @@ def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, s
     pairs = dm.load_decoder_pairs(pairs_dir)
     held = pairs[::held_out_every]
     train = [p for i, p in enumerate(pairs) if i % held_out_every]
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir)
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir).to(device)
     metrics = dm.adapt_decoder(vae, train, steps=steps, seed=seed, held_out=held,
                                log=lambda m: get_run_logger().info("adapt decoder %s", m))
-    _save_vae(vae, metrics, out)
+    _save_vae(vae.to("cpu"), metrics, out)
     return metrics
 
 
@@ -153,7 +157,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                ship: bool = False, vae_decoder_steps: int = 0, continue_from: Optional[str] = None,
                train_seed: Optional[int] = None, decay_steps: int = 0, vae_decoder_ssim_weight: float = 0.5,
                adapt_decoder_steps: int = 0, adapt_clips: int = 128, adapt_guidance: float = 2.0,
-               vae_continue_steps: int = 0, vae_continue_ssim_weight: float = 2.0) -> dict:
+               vae_continue_steps: int = 0, vae_continue_ssim_weight: float = 2.0, device: str = "cpu") -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
     from flows.train import train
@@ -166,6 +170,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         raise ConfigError("vae_continue_steps trains a finished model's whole VAE, which moves its latents: it needs "
                           "continue_from and train_steps >= 1 (the UNet must learn the new latents); got "
                           f"continue_from={continue_from!r}, train_steps={train_steps}")
+    device = dm.check_device(device)
     root = Path(work)
     synth, catalog = root / "synth", root / "catalog"
     generate_dataset(synth, videos, seed=seed, width=dm.DEMO_WIDTH, height=dm.DEMO_HEIGHT, num_frames=96)
@@ -180,7 +185,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         vae_metrics, vae_dir = prior["vae"], base / "vae"
     else:
         prior = None
-        vae_metrics, vae_dir = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed), root / "vae"
+        vae_metrics, vae_dir = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed, device), root / "vae"
     if vae_continue_steps > 0:
         # encoder and decoder train on, so the latents move (the UNet trains on below); an adapted decoder's
         # record goes with the decoder it describes
@@ -188,7 +193,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         vae_metrics["continued"] = continue_vae_task(
             str(synth), str(vae_dir), str(root / "vae-continued"), vae_continue_steps, seed,
             ssim_weight=vae_continue_ssim_weight,
-            record=dict(continued_from=vae_metrics["continued"]) if vae_metrics.get("continued") else None)
+            record=dict(continued_from=vae_metrics["continued"]) if vae_metrics.get("continued") else None,
+            device=device)
         vae_dir = root / "vae-continued"
     if vae_decoder_steps > 0:
         # the encoder, so the latents a UNet learnt on, stays as it is; a continued model's earlier decoder
@@ -196,7 +202,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         earlier = vae_metrics.get("decoder")
         vae_metrics = dict(vae_metrics, decoder=finetune_vae_decoder_task(
             str(synth), str(vae_dir), str(root / "vae-decoder"), vae_decoder_steps, seed,
-            ssim_weight=vae_decoder_ssim_weight, record=dict(continued_from=earlier) if earlier else None))
+            ssim_weight=vae_decoder_ssim_weight, record=dict(continued_from=earlier) if earlier else None,
+            device=device))
         vae_dir = root / "vae-decoder"
     if not continue_from:
         from diffusers import AutoencoderKLTemporalDecoder
@@ -213,7 +220,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     if train_steps > 0:
         run = train(catalog=str(catalog), base_model=str(base), checkpoint=str(init), run_dir=str(root / "run"),
                     workers=workers, steps=train_steps, sql=train_sql, query_params=train_params, torch_threads=1,
-                    config=train_config)
+                    config=train_config, use_gpu=device.startswith("cuda"))
         run = dict(run, config=train_config, **dm.training_record(run["metrics"], prior=prior and prior["train"]))
     else:  # no more UNet steps: the start model as it is (e.g. only its decoder adapted), with its record
         run = dict(prior["train"], model=str(init))
@@ -223,9 +230,10 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     if adapt_decoder_steps > 0:
         # pairs drawn with seeds apart from the evaluation's; sampled as the evaluation renders
         pairs = sample_decoder_pairs_task(str(catalog), str(base), run["model"], str(root / "decoder-pairs"),
-                                          adapt_clips, adapt_guidance, eval_steps, seed + 1000)
+                                          adapt_clips, adapt_guidance, eval_steps, seed + 1000, device)
         vae_metrics = dict(vae_metrics, adapted=dict(
-            adapt_decoder_task(pairs, str(base / "vae"), str(root / "vae-adapted"), adapt_decoder_steps, seed),
+            adapt_decoder_task(pairs, str(base / "vae"), str(root / "vae-adapted"), adapt_decoder_steps, seed,
+                               device=device),
             guidance=adapt_guidance, sampler_steps=eval_steps))
         base = dm.base_with_vae(base, root / "vae-adapted", root / "base-adapted")
     test_sql, test_params = dm.split_sql("test", first_clip_only=True, limit=eval_clips)
@@ -233,7 +241,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                       checkpoint=run["model"], sql=test_sql, params=test_params,
                       baselines=["copy_reference", "blank_pose", "vae_reconstruction"], resolution=dm.DEMO_RESOLUTION,
                       tile_size=dm.DEMO_TILE_SIZE, tile_overlap=dm.DEMO_TILE_OVERLAP, steps=eval_steps, seed=seed,
-                      max_frames=eval_frames, device="cpu")
+                      max_frames=eval_frames, device=device)
     summary = dict(vae=vae_metrics, train=run, evaluation=scores.get("summary", scores))
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if ship:
@@ -279,6 +287,8 @@ def main(argv=None) -> int:
                          "model's own samples of training clips (default 0: off)")
     ap.add_argument("--adapt-clips", type=int, default=128, help="training clips sampled for the decoder adaptation")
     ap.add_argument("--adapt-guidance", type=float, default=2.0, help="guidance of those samples")
+    ap.add_argument("--device", default="cpu", help="where every stage runs: cpu, or cuda / cuda:N on a machine with a "
+                                                  "GPU (the UNet then trains with one GPU per --workers)")
     ap.add_argument("--ship", action="store_true", help="copy the result into mimicmotion/assets/demo_model/")
     args = ap.parse_args(argv)
     summary = demo_model(args.work, args.videos, args.seed, args.vae_steps, args.train_steps, args.workers, args.lr,
@@ -288,7 +298,7 @@ def main(argv=None) -> int:
                          decay_steps=args.decay_steps, vae_decoder_ssim_weight=args.vae_decoder_ssim_weight,
                          adapt_decoder_steps=args.adapt_decoder_steps, adapt_clips=args.adapt_clips,
                          adapt_guidance=args.adapt_guidance, vae_continue_steps=args.vae_continue_steps,
-                         vae_continue_ssim_weight=args.vae_continue_ssim_weight)
+                         vae_continue_ssim_weight=args.vae_continue_ssim_weight, device=args.device)
     print(json.dumps(summary.get("evaluation"), indent=2, default=str))
     return 0
 

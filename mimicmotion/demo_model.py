@@ -110,6 +110,30 @@ def psnr_of(recon: torch.Tensor, images: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(4.0 / mse)
 
 
+def check_device(device) -> str:
+    """``device`` ("cpu", "cuda" or "cuda:N") once it is known to exist on this machine; a ConfigError that
+    names the fix otherwise (before any stage has run)."""
+    name = str(device).strip()
+    if name == "cpu":
+        return name
+    parts = name.split(":")
+    if parts[0] != "cuda" or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: torch finds no CUDA GPU on this machine (torch.cuda.is_available() is "
+                          "False); run with --device cpu, or on a machine with a GPU and a CUDA build of torch")
+    index = int(parts[1]) if len(parts) == 2 else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return name
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device a module's weights are on (the VAE stages run where the caller put the VAE)."""
+    return next(module.parameters()).device
+
+
 def random_crops(images: torch.Tensor, size: Optional[int], generator: torch.Generator) -> torch.Tensor:
     """One random ``size`` x ``size`` window of the batch, on the 8-pixel latent grid (None: whole images)."""
     if size is None:
@@ -219,7 +243,8 @@ def pretrain_vae(vae, frames: np.ndarray, *, steps: int = 2000, batch_size: int 
     make_posterior_deterministic(vae)
     if clip_len == 1:
         hold_decoder_framewise(vae)
-    rng = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)  # on the CPU wherever the VAE is: the same batches on any device
+    device = module_device(vae)
     vae.train()
     for module in (vae.encoder, vae.quant_conv):
         module.requires_grad_(train_encoder)
@@ -230,7 +255,7 @@ def pretrain_vae(vae, frames: np.ndarray, *, steps: int = 2000, batch_size: int 
     metrics: dict = {}
     for step in range(1, steps + 1):
         idx = torch.randint(len(clips), (batch_size // clip_len,), generator=rng).numpy()
-        images = random_crops(frames_to_tensor(clips[idx].reshape(-1, *clips.shape[2:])), crop, rng)
+        images = random_crops(frames_to_tensor(clips[idx].reshape(-1, *clips.shape[2:])), crop, rng).to(device)
         recon, posterior = vae_reconstruct(vae, images, sample=False, num_frames=clip_len)
         rec = (recon - images).abs().mean() + ((recon - images) ** 2).mean()
         if ssim_weight:
@@ -266,14 +291,15 @@ def evaluate_vae(vae, frames: np.ndarray, batch_size: int = 16) -> dict:
 
     clips = _as_clips(frames)
     vae.eval()
+    device = module_device(vae)
     clip_len = clips.shape[1]
     step = max(1, batch_size // clip_len)
     recons, latents, truth = [], [], []
     for i in range(0, len(clips), step):
         images = frames_to_tensor(clips[i:i + step].reshape(-1, *clips.shape[2:]))
-        posterior = vae.encode(images).latent_dist
-        latents.append(posterior.mode())
-        recons.append(vae.decode(posterior.mode(), num_frames=clip_len).sample)
+        posterior = vae.encode(images.to(device)).latent_dist
+        latents.append(posterior.mode().cpu())
+        recons.append(vae.decode(posterior.mode(), num_frames=clip_len).sample.cpu())
         truth.append(images)
     recon, images = torch.cat(recons).clamp(-1, 1), torch.cat(truth)
     try:
@@ -347,7 +373,7 @@ def pair_scores(vae, pairs, chunk: int = 8) -> dict:
     ssims, psnrs = [], []
     for pair in pairs:
         latents = torch.from_numpy(pair["latents"]) / vae.config.scaling_factor
-        frames = frames_uint8(decode_latents(vae, latents, chunk).clamp(-1, 1))
+        frames = frames_uint8(decode_latents(vae, latents, chunk, device=module_device(vae)).clamp(-1, 1))
         ssims.append(ssim(frames[2:], pair["frames"][2:]))
         psnrs.append(psnr(frames[2:], pair["frames"][2:]))
     return dict(ssim=float(np.mean(ssims)), psnr=float(np.mean(psnrs)))
@@ -388,8 +414,9 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
         hold_decoder_framewise(vae)
     for module in (vae.encoder, vae.quant_conv):
         module.requires_grad_(False)
+    device = module_device(vae)
     with torch.no_grad():
-        own = [torch.cat([vae.encode(frames_to_tensor(p["frames"][i:i + chunk])).latent_dist.mode()
+        own = [torch.cat([vae.encode(frames_to_tensor(p["frames"][i:i + chunk]).to(device)).latent_dist.mode().cpu()
                           for i in range(0, len(p["frames"]), chunk)]) * vae.config.scaling_factor for p in pairs]
     params = [p for p in vae.decoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -409,6 +436,7 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
         y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
         latents = latents[:, :, y:y + ch, x:x + cw]
         images = images[:, :, y * factor:(y + ch) * factor, x * factor:(x + cw) * factor]
+        latents, images = latents.to(device), images.to(device)
         recon = vae.decode(latents, num_frames=len(latents)).sample
         loss = (recon - images).abs().mean() + ((recon - images) ** 2).mean()
         if ssim_weight:
@@ -433,10 +461,10 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
 
 def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, steps: int, guidance: float,
                         seed: int = 0, max_frames: int = 24, resolution: int = DEMO_RESOLUTION,
-                        log: Optional[Callable[[str], None]] = None) -> Path:
+                        log: Optional[Callable[[str], None]] = None, device: str = "cpu") -> Path:
     """Sample ``decoder_pair`` for each catalog clip into ``out_dir/<clip_id>.npz`` (one atomic file per clip,
-    seed ``seed`` + the clip's position; clips already written are kept, so a re-run resumes). Returns
-    ``out_dir``."""
+    seed ``seed`` + the clip's position; clips already written are kept, so a re-run resumes), with the
+    pipeline on ``device``. Returns ``out_dir``."""
     from mimicmotion.evaluation import clip_rows, load_eval_clip
     from mimicmotion.loading import load_pipeline
 
@@ -446,7 +474,7 @@ def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, ste
     if not todo:
         return out
     rows = clip_rows(catalog, [c for _, c in todo])
-    pipe = load_pipeline(base_dir, checkpoint, dtype=torch.float32, device="cpu")
+    pipe = load_pipeline(base_dir, checkpoint, dtype=torch.float32, device=device)
     pipe.set_progress_bar_config(disable=True)
     for i, clip_id in todo:
         clip = load_eval_clip(catalog, clip_id, rows[clip_id], resolution, max_frames)

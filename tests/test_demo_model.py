@@ -363,13 +363,15 @@ def test_demo_model_flow_cli_passes_the_decoder_stage_options(monkeypatch):
     assert flow_module.main(["--work", "w", "--continue-from", "m", "--vae-decoder-steps", "3000",
                              "--vae-decoder-ssim-weight", "2", "--train-steps", "10", "--decay-steps", "10",
                              "--adapt-decoder-steps", "7", "--adapt-clips", "5", "--adapt-guidance", "1",
-                             "--vae-continue-steps", "400", "--vae-continue-ssim-weight", "1.5"]) == 0
+                             "--vae-continue-steps", "400", "--vae-continue-ssim-weight", "1.5",
+                             "--device", "cuda"]) == 0
     (args, kwargs), = calls
     assert args[:5] == ("w", 160, 0, 3000, 10)
     assert kwargs["continue_from"] == "m" and kwargs["vae_decoder_steps"] == 3000
     assert kwargs["vae_decoder_ssim_weight"] == 2.0 and kwargs["decay_steps"] == 10
     assert (kwargs["adapt_decoder_steps"], kwargs["adapt_clips"], kwargs["adapt_guidance"]) == (7, 5, 1.0)
     assert (kwargs["vae_continue_steps"], kwargs["vae_continue_ssim_weight"]) == (400, 1.5)
+    assert kwargs["device"] == "cuda"
 
 
 @pytest.fixture
@@ -397,7 +399,7 @@ def faked_flow(tmp_path, monkeypatch):
             source, out = (shipped / "base" / "vae", args[0]) if name == "pretrain" else (args[0], args[1])
             calls.setdefault(name, []).append((args, kwargs))
             shutil.copytree(source, out)
-            return {"step": args[-2] if name == "pretrain" else args[2], "record": kwargs.get("record")}
+            return {"step": args[1] if name == "pretrain" else args[2], "record": kwargs.get("record")}
         return stage
 
     def fake_train(**kwargs):
@@ -419,8 +421,8 @@ def faked_flow(tmp_path, monkeypatch):
         calls.setdefault("pairs", []).append(args)
         return args[3]
 
-    def fake_adapt(pairs, vae_dir, out, *args):
-        calls.setdefault("adapt", []).append((pairs, vae_dir, out, *args))
+    def fake_adapt(pairs, vae_dir, out, *args, **kwargs):
+        calls.setdefault("adapt", []).append((pairs, vae_dir, out, *args, kwargs))
         shutil.copytree(vae_dir, out)
         return {"step": args[0], "pairs": 3}
 
@@ -438,7 +440,7 @@ def test_demo_model_flow_wires_the_decoder_stage(tmp_path, faked_flow):
                                         vae_decoder_ssim_weight=2.0, train_steps=1)
     (args, kwargs), = calls["decoder"]
     assert args[:3] == (str(work / "start" / "base" / "vae"), str(work / "vae-decoder"), 30)
-    assert kwargs == {"ssim_weight": 2.0, "record": {"continued_from": earlier}}
+    assert kwargs == {"ssim_weight": 2.0, "record": {"continued_from": earlier}, "device": "cpu"}
     assert summary["vae"]["psnr"] == 21.0 and summary["vae"]["decoder"]["step"] == 30
     assert calls["train"][0]["base_model"] == str(work / "base") == calls["evaluate"][0]["base_model"]
     assert (work / "base" / "vae" / "config.json").is_file() and "pretrain" not in calls
@@ -448,7 +450,7 @@ def test_demo_model_flow_wires_the_decoder_stage(tmp_path, faked_flow):
     summary = flow(str(fresh), vae_steps=20, vae_decoder_steps=30, train_steps=1)
     (args, kwargs), = calls["decoder"]
     assert args[:3] == (str(fresh / "vae"), str(fresh / "vae-decoder"), 30)
-    assert kwargs == {"ssim_weight": 0.5, "record": None}
+    assert kwargs == {"ssim_weight": 0.5, "record": None, "device": "cpu"}
     assert calls["train"][0]["base_model"] == str(fresh / "init" / "base") and not (fresh / "base").exists()
     assert "pairs" not in calls and "adapt" not in calls
 
@@ -464,8 +466,9 @@ def test_demo_model_flow_adapts_the_decoder_of_a_finished_model(tmp_path, faked_
     start_base, start_ckpt = str(work / "start" / "base"), str(work / "start" / dm.SHIPPED_CHECKPOINT)
     assert "train" not in calls
     assert calls["pairs"] == [(str(work / "catalog"), start_base, start_ckpt, str(work / "decoder-pairs"), 3, 1.0, 4,
-                               1000)]
-    assert calls["adapt"] == [(str(work / "decoder-pairs"), start_base + "/vae", str(work / "vae-adapted"), 5, 0)]
+                               1000, "cpu")]
+    assert calls["adapt"] == [(str(work / "decoder-pairs"), start_base + "/vae", str(work / "vae-adapted"), 5, 0,
+                               {"device": "cpu"})]
     (evaluated,) = calls["evaluate"]
     assert evaluated["base_model"] == str(work / "base-adapted") and evaluated["checkpoint"] == start_ckpt
     assert (work / "base-adapted" / "vae" / "config.json").is_file()
@@ -494,7 +497,7 @@ def test_demo_model_flow_continues_the_whole_vae_then_the_unet(tmp_path, faked_f
                    train_steps=1, adapt_decoder_steps=5, adapt_clips=3)
     (args, kwargs), = calls["continue"]
     assert args[:3] == (str(work / "start" / "base" / "vae"), str(work / "vae-continued"), 40)
-    assert kwargs == {"ssim_weight": 1.5, "record": None}
+    assert kwargs == {"ssim_weight": 1.5, "record": None, "device": "cpu"}
     assert calls["train"][0]["base_model"] == str(work / "base") and "decoder" not in calls
     assert calls["adapt"][0][1:3] == (str(work / "base" / "vae"), str(work / "vae-adapted"))
     assert calls["evaluate"][0]["base_model"] == str(work / "base-adapted")
@@ -507,6 +510,42 @@ def test_demo_model_flow_continues_the_whole_vae_then_the_unet(tmp_path, faked_f
         with pytest.raises(ConfigError, match="vae_continue_steps"):
             flow(str(tmp_path / "refused"), vae_continue_steps=40, **options)
     assert not calls and not (tmp_path / "refused").exists()
+
+
+def test_demo_model_flow_runs_every_stage_on_the_device_asked_for(tmp_path, faked_flow, monkeypatch):
+    """--device reaches the VAE stages, the decoder pairs and adaptation, the evaluation, and the train flow (as
+    use_gpu); a device this machine lacks is refused before anything runs."""
+    flow, shipped, calls = faked_flow["flow"], faked_flow["shipped"], faked_flow["calls"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    flow(str(tmp_path / "gpu"), continue_from=str(shipped), vae_continue_steps=4, train_steps=1,
+         adapt_decoder_steps=2, adapt_clips=3, device="cuda")
+    assert calls["continue"][0][1]["device"] == "cuda" and calls["pairs"][0][-1] == "cuda"
+    assert calls["adapt"][0][-1] == {"device": "cuda"} and calls["evaluate"][0]["device"] == "cuda"
+    assert calls["train"][0]["use_gpu"] is True
+
+    calls.clear()
+    flow(str(tmp_path / "fresh"), vae_steps=3, train_steps=1, device="cuda:0")
+    assert calls["pretrain"][0][0][-1] == "cuda:0" and calls["train"][0]["use_gpu"] is True
+
+    calls.clear()
+    for device, message in (("cuda:1", "has 1 CUDA GPU"), ("gpu", "cpu, cuda or cuda:N")):
+        with pytest.raises(ConfigError, match=message):
+            flow(str(tmp_path / "refused"), train_steps=1, device=device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA GPU.*--device cpu"):
+        flow(str(tmp_path / "refused"), train_steps=1, device="cuda")
+    assert not calls and not (tmp_path / "refused").exists()
+
+
+def test_check_device_accepts_the_cpu_and_existing_gpus(monkeypatch):
+    assert dm.check_device("cpu") == "cpu" and dm.check_device(" cpu ") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert dm.check_device("cuda") == "cuda" and dm.check_device("cuda:1") == "cuda:1"
+    for bad in ("cuda:2", "cuda:x", "cuda:0:1", "mps"):
+        with pytest.raises(ConfigError):
+            dm.check_device(bad)
 
 
 def _soft_pairs(vae, count, seed, frames_per_pair=9):
