@@ -7,7 +7,8 @@ For the first clip of each of ``--clips`` test videos (as the evaluation picks a
 the clip's first frame, same seed and tile plan) the pixels of every frame are split by
 ``metrics.changed_mask`` into *changed* (differs from the reference by more than ``--threshold`` grey levels
 in some channel: the figure, its old and new place, its shadow) and *static* (the rest), and each method's
-SSIM map is averaged over both (``metrics.region_ssim``). Methods: the model; the frames through the VAE
+SSIM map is averaged over both (``metrics.region_ssim``); each method's whole-frame PSNR is reported beside them.
+Methods: the model; the frames through the VAE
 (the ceiling); copy the reference; the reference through the VAE, repeated (what a model that copies the
 reference's latent exactly would show). Scores are means over clips.
 """
@@ -27,9 +28,9 @@ METHODS = ("mimicmotion", "vae_reconstruction", "copy_reference", "reference_thr
 
 
 def clip_scores(pipe, clip, settings, threshold: float) -> dict:
-    """{method: (all, static, changed) SSIM} and the changed share of one clip's frames 1.."""
+    """{method: (all, static, changed) SSIM and whole-frame PSNR} and the changed share of one clip's frames 1.."""
     from mimicmotion.evaluation import MODEL_METHOD, predict, vae_roundtrip
-    from mimicmotion.metrics import changed_mask, region_ssim, ssim
+    from mimicmotion.metrics import changed_mask, psnr, region_ssim, ssim
 
     truth, reference = clip.frames[1:], clip.frames[0]
     mask = changed_mask(truth, reference, threshold)
@@ -43,7 +44,7 @@ def clip_scores(pipe, clip, settings, threshold: float) -> dict:
     scores = {}
     for method, frames in predictions.items():
         changed, static = region_ssim(frames, truth, mask)
-        scores[method] = (ssim(frames, truth), static, changed)
+        scores[method] = (ssim(frames, truth), static, changed, psnr(frames, truth))
     return dict(scores=scores, changed_share=float(mask.mean()))
 
 
@@ -84,14 +85,14 @@ def main(argv=None) -> int:
     for clip_id in clip_ids:
         clip = load_eval_clip(args.catalog, clip_id, rows[clip_id], dm.DEMO_RESOLUTION, args.frames)
         per_clip.append(clip_scores(pipe, clip, settings, args.threshold))
-    table = {m: dict(zip(("ssim", "static", "changed"),
+    table = {m: dict(zip(("ssim", "static", "changed", "psnr"),
                          np.nanmean([c["scores"][m] for c in per_clip], axis=0).tolist())) for m in METHODS}
     result = dict(clips=len(per_clip), changed_share=float(np.mean([c["changed_share"] for c in per_clip])),
                   threshold=args.threshold, seconds=round(time.perf_counter() - start, 1), methods=table)
     print(f"{len(per_clip)} clips, changed pixels {result['changed_share']:.3f} of all, {result['seconds']} s")
-    print("| method | SSIM | static | changed |\n|---|---|---|---|")
+    print("| method | SSIM | static | changed | PSNR dB |\n|---|---|---|---|---|")
     for method, row in table.items():
-        print(f"| {method} | {row['ssim']:.4f} | {row['static']:.4f} | {row['changed']:.4f} |")
+        print(f"| {method} | {row['ssim']:.4f} | {row['static']:.4f} | {row['changed']:.4f} | {row['psnr']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -309,7 +309,7 @@ def test_decoder_pairs_are_the_latents_the_evaluation_decodes(catalog, model, tm
 
 
 def test_region_benchmark_splits_each_method_by_what_moved(catalog, model):
-    """benchmarks/region_ssim.py: each method's whole-frame SSIM is the evaluation's metric on its frames, its
+    """benchmarks/region_ssim.py: each method's whole-frame SSIM and PSNR are the evaluation's metrics on its frames, its
     static / changed scores are region_ssim over changed_mask, and the reference through the VAE is frame 0's
     reconstruction repeated."""
     import sys
@@ -317,7 +317,7 @@ def test_region_benchmark_splits_each_method_by_what_moved(catalog, model):
 
     from mimicmotion.evaluation import clip_rows, load_eval_clip, predict, vae_roundtrip
     from mimicmotion.loading import load_pipeline
-    from mimicmotion.metrics import changed_mask, region_ssim, ssim
+    from mimicmotion.metrics import changed_mask, psnr, region_ssim, ssim
     from mimicmotion.render import RenderSettings
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -334,7 +334,8 @@ def test_region_benchmark_splits_each_method_by_what_moved(catalog, model):
     assert got["changed_share"] == pytest.approx(mask.mean())
     model_frames = predict("mimicmotion", clip, pipe, settings)
     changed, static = region_ssim(model_frames, truth, mask)
-    assert got["scores"]["mimicmotion"] == pytest.approx((ssim(model_frames, truth), static, changed), nan_ok=True)
+    assert got["scores"]["mimicmotion"] == pytest.approx((ssim(model_frames, truth), static, changed,
+                                                          psnr(model_frames, truth)), nan_ok=True)
     through = np.repeat(vae_roundtrip(pipe, clip.frames[:1], 2), len(truth), axis=0)
     assert got["scores"]["reference_through_vae"][0] == pytest.approx(ssim(through, truth))
     assert got["scores"]["copy_reference"][0] == pytest.approx(ssim(np.repeat(clip.frames[:1], len(truth), 0),
