@@ -309,9 +309,9 @@ def test_decoder_pairs_are_the_latents_the_evaluation_decodes(catalog, model, tm
 
 
 def test_region_benchmark_splits_each_method_by_what_moved(catalog, model):
-    """benchmarks/region_ssim.py: each method's whole-frame SSIM and PSNR are the evaluation's metrics on its frames, its
-    static / changed scores are region_ssim over changed_mask, and the reference through the VAE is frame 0's
-    reconstruction repeated."""
+    """benchmarks/region_ssim.py: each method's whole-frame SSIM and PSNR are the evaluation's metrics on its
+    frames, its static / changed scores are region_ssim over changed_mask, and the reference through the VAE is
+    frame 0's reconstruction repeated."""
     import sys
     from pathlib import Path
 
