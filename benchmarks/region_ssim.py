@@ -7,10 +7,10 @@ For the first clip of each of ``--clips`` test videos (as the evaluation picks a
 the clip's first frame, same seed and tile plan) the pixels of every frame are split by
 ``metrics.changed_mask`` into *changed* (differs from the reference by more than ``--threshold`` grey levels
 in some channel: the figure, its old and new place, its shadow) and *static* (the rest), and each method's
-SSIM map is averaged over both (``metrics.region_ssim``); each method's whole-frame PSNR is reported beside them.
-Methods: the model; the frames through the VAE
-(the ceiling); copy the reference; the reference through the VAE, repeated (what a model that copies the
-reference's latent exactly would show). Scores are means over clips.
+SSIM map is averaged over both (``metrics.region_ssim``); each method's whole-frame PSNR is reported beside
+them. Methods: the model; the frames through the VAE (the ceiling); copy the reference; the reference through
+the VAE, repeated (what a model that copies the reference's latent exactly would show). Scores are means over
+clips.
 """
 from __future__ import annotations
 

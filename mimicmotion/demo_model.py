@@ -297,9 +297,9 @@ def evaluate_vae(vae, frames: np.ndarray, batch_size: int = 16) -> dict:
     recons, latents, truth = [], [], []
     for i in range(0, len(clips), step):
         images = frames_to_tensor(clips[i:i + step].reshape(-1, *clips.shape[2:]))
-        posterior = vae.encode(images.to(device)).latent_dist
-        latents.append(posterior.mode().cpu())
-        recons.append(vae.decode(posterior.mode(), num_frames=clip_len).sample.cpu())
+        mode = vae.encode(images.to(device)).latent_dist.mode()
+        latents.append(mode.cpu())
+        recons.append(vae.decode(mode, num_frames=clip_len).sample.cpu())
         truth.append(images)
     recon, images = torch.cat(recons).clamp(-1, 1), torch.cat(truth)
     try:
@@ -370,10 +370,11 @@ def pair_scores(vae, pairs, chunk: int = 8) -> dict:
     from mimicmotion.training.trainer import frames_uint8
 
     vae.eval()
+    device = module_device(vae)
     ssims, psnrs = [], []
     for pair in pairs:
         latents = torch.from_numpy(pair["latents"]) / vae.config.scaling_factor
-        frames = frames_uint8(decode_latents(vae, latents, chunk, device=module_device(vae)).clamp(-1, 1))
+        frames = frames_uint8(decode_latents(vae, latents, chunk, device=device).clamp(-1, 1))
         ssims.append(ssim(frames[2:], pair["frames"][2:]))
         psnrs.append(psnr(frames[2:], pair["frames"][2:]))
     return dict(ssim=float(np.mean(ssims)), psnr=float(np.mean(psnrs)))
@@ -415,8 +416,8 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
     for module in (vae.encoder, vae.quant_conv):
         module.requires_grad_(False)
     device = module_device(vae)
-    with torch.no_grad():
-        own = [torch.cat([vae.encode(frames_to_tensor(p["frames"][i:i + chunk]).to(device)).latent_dist.mode().cpu()
+    with torch.no_grad():  # the encoder's own latents stay on the VAE's device: no copy per step
+        own = [torch.cat([vae.encode(frames_to_tensor(p["frames"][i:i + chunk]).to(device)).latent_dist.mode()
                           for i in range(0, len(p["frames"]), chunk)]) * vae.config.scaling_factor for p in pairs]
     params = [p for p in vae.decoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
