@@ -11,6 +11,12 @@ SSIM map is averaged over both (``metrics.region_ssim``); each method's whole-fr
 them. Methods: the model; the frames through the VAE (the ceiling); copy the reference; the reference through
 the VAE, repeated (what a model that copies the reference's latent exactly would show). Scores are means over
 clips.
+
+A second table splits the static pixels further (``metrics.region_labels``): *far flat* and *far textured*
+(more than 6 px from anything that changed; textured where the reference's local grey std is 2+), and *near*
+(static, but the SSIM window still sees what moved). Its scores are pooled over all pixels of all clips
+(``metrics.labelled_ssim_sums``), so share x score adds up to the whole-frame SSIM, and the last row gives each
+region's exact part of the model's SSIM difference to copying the reference.
 """
 from __future__ import annotations
 
@@ -30,10 +36,11 @@ METHODS = ("mimicmotion", "vae_reconstruction", "copy_reference", "reference_thr
 def clip_scores(pipe, clip, settings, threshold: float) -> dict:
     """{method: (all, static, changed) SSIM and whole-frame PSNR} and the changed share of one clip's frames 1.."""
     from mimicmotion.evaluation import MODEL_METHOD, predict, vae_roundtrip
-    from mimicmotion.metrics import changed_mask, psnr, region_ssim, ssim
+    from mimicmotion.metrics import changed_mask, labelled_ssim_sums, psnr, region_labels, region_ssim, ssim
 
     truth, reference = clip.frames[1:], clip.frames[0]
     mask = changed_mask(truth, reference, threshold)
+    labels = region_labels(truth, reference, threshold)
     predictions = {
         "mimicmotion": predict(MODEL_METHOD, clip, pipe, settings),
         "vae_reconstruction": predict("vae_reconstruction", clip, pipe, settings),
@@ -41,11 +48,28 @@ def clip_scores(pipe, clip, settings, threshold: float) -> dict:
         "reference_through_vae": np.repeat(vae_roundtrip(pipe, reference[None], settings.decode_chunk_size),
                                            len(truth), axis=0),
     }
-    scores = {}
+    scores, regions = {}, {}
     for method, frames in predictions.items():
         changed, static = region_ssim(frames, truth, mask)
         scores[method] = (ssim(frames, truth), static, changed, psnr(frames, truth))
-    return dict(scores=scores, changed_share=float(mask.mean()))
+        regions[method] = labelled_ssim_sums(frames, truth, labels)
+    return dict(scores=scores, changed_share=float(mask.mean()), regions=regions)
+
+
+def region_table(per_clip) -> dict:
+    """Pixel-pooled SSIM per region (``REGION_NAMES``) for each method, the regions' shares of the pixels, and
+    each region's part of the model's SSIM difference to copying the reference (these parts sum to it)."""
+    from mimicmotion.metrics import REGION_NAMES
+
+    sums = {m: sum(c["regions"][m][0] for c in per_clip) for m in METHODS}
+    counts = sum(c["regions"][METHODS[0]][1] for c in per_clip)
+    total = counts.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table = {m: dict(zip(REGION_NAMES, (sums[m] / counts).tolist())) for m in METHODS}
+    table["share"] = dict(zip(REGION_NAMES, (counts / total).tolist()))
+    table["model_minus_copy"] = dict(zip(REGION_NAMES, ((sums["mimicmotion"] - sums["copy_reference"]) / total)
+                                         .tolist()))
+    return table
 
 
 def main(argv=None) -> int:
@@ -87,12 +111,18 @@ def main(argv=None) -> int:
         per_clip.append(clip_scores(pipe, clip, settings, args.threshold))
     table = {m: dict(zip(("ssim", "static", "changed", "psnr"),
                          np.nanmean([c["scores"][m] for c in per_clip], axis=0).tolist())) for m in METHODS}
+    regions = region_table(per_clip)
     result = dict(clips=len(per_clip), changed_share=float(np.mean([c["changed_share"] for c in per_clip])),
-                  threshold=args.threshold, seconds=round(time.perf_counter() - start, 1), methods=table)
+                  threshold=args.threshold, seconds=round(time.perf_counter() - start, 1), methods=table,
+                  regions=regions)
     print(f"{len(per_clip)} clips, changed pixels {result['changed_share']:.3f} of all, {result['seconds']} s")
     print("| method | SSIM | static | changed | PSNR dB |\n|---|---|---|---|---|")
     for method, row in table.items():
         print(f"| {method} | {row['ssim']:.4f} | {row['static']:.4f} | {row['changed']:.4f} | {row['psnr']:.2f} |")
+    names = list(regions["share"])
+    print("\n| pixel-pooled | " + " | ".join(names) + " |\n" + "|---" * (len(names) + 1) + "|")
+    for method, row in regions.items():
+        print(f"| {method} | " + " | ".join(f"{row[n]:.4f}" for n in names) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

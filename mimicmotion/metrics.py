@@ -197,6 +197,62 @@ def region_ssim(a, b, mask, data_range: float = 255.0) -> tuple:
     return tuple(scores)
 
 
+REGION_NAMES = ("far_flat", "far_textured", "near", "changed")
+
+
+def region_labels(frames, reference, threshold: float = 12.0, near: int = 6, texture_std: float = 2.0) -> np.ndarray:
+    """Label every pixel of every frame (N, H, W, C) by how copying the reference frame fares there: uint8
+    (N, H, W) indices into ``REGION_NAMES``.
+
+    3 *changed*: ``changed_mask``. 2 *near*: unchanged, but within ``near`` pixels (a square) of a changed pixel
+    of the same frame, so the SSIM window (radius 5) there still sees what moved. Of the rest, the pixels where
+    the reference's grey level (channel mean) varies, standard deviation over an 11 x 11 box of at least
+    ``texture_std``, are 1 *far textured* (a patterned floor, stripes), the others 0 *far flat*. Far from the
+    figure a still camera's frames equal the reference, so copying scores ~1 there; a model that decodes
+    through a VAE scores its round trip of the reference.
+    """
+    import cv2
+
+    changed = changed_mask(frames, reference, threshold)
+    if near < 0 or not texture_std >= 0:
+        raise ConfigError(f"near must be >= 0 and texture_std >= 0 (got {near}, {texture_std})")
+    grey = np.asarray(reference, dtype=np.float64)
+    grey = grey.mean(axis=-1) if grey.ndim == 3 else grey
+    box = (2 * SSIM_RADIUS + 1,) * 2
+    textured = np.sqrt(np.maximum(cv2.blur(grey * grey, box) - cv2.blur(grey, box) ** 2, 0.0)) >= texture_std
+    kernel = np.ones((2 * near + 1, 2 * near + 1), np.uint8)
+    labels = np.where(textured, 1, 0).astype(np.uint8)[None].repeat(len(changed), axis=0)
+    for i, mask in enumerate(changed):
+        labels[i][cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)] = 2
+        labels[i][mask] = 3
+    return labels
+
+
+def labelled_ssim_sums(a, b, labels, num_labels: int = len(REGION_NAMES),
+                       data_range: float = 255.0) -> tuple[np.ndarray, np.ndarray]:
+    """The SSIM map (per channel, averaged over channels, border pixels left out as ``ssim`` does) summed per
+    label (N, H, W) over all frames: (sums, counts), float64 arrays of length ``num_labels``. ``sums / counts``
+    is each region's pixel-pooled SSIM; with frames of one size ``sums.sum() / counts.sum()`` is ``ssim(a, b)``,
+    so each region's ``(sums - sums_other) / counts.sum()`` is its exact share of a difference in SSIM. Sums
+    and counts of several clips add up."""
+    x, y = _pair(a, b)
+    lab = np.asarray(labels)
+    if lab.shape != x.shape[:3]:
+        raise ConfigError(f"labels {lab.shape} do not match the frames {x.shape[:3]}")
+    if lab.size and (lab.min() < 0 or lab.max() >= num_labels):
+        raise ConfigError(f"labels must lie in 0..{num_labels - 1} (got {lab.min()}..{lab.max()})")
+    r = _check_range(data_range)
+    n, h, w, _ = x.shape
+    inner = (slice(SSIM_RADIUS, h - SSIM_RADIUS), slice(SSIM_RADIUS, w - SSIM_RADIUS))
+    sums, counts = np.zeros(num_labels), np.zeros(num_labels)
+    for i in range(n):
+        smap = np.mean(_interior_ssim_maps(x[i], y[i], r), axis=0).ravel()
+        region = lab[i][inner].ravel().astype(np.intp)
+        sums += np.bincount(region, weights=smap, minlength=num_labels)[:num_labels]
+        counts += np.bincount(region, minlength=num_labels)[:num_labels]
+    return sums, counts
+
+
 # ---------------------------------------------------------------------------------------------- Fréchet distance
 def gaussian_fit(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (unbiased, N - 1; as pytorch-fid and StyleGAN-V) of features (N, D), N >= 2."""

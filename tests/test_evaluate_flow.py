@@ -340,3 +340,17 @@ def test_region_benchmark_splits_each_method_by_what_moved(catalog, model):
     assert got["scores"]["reference_through_vae"][0] == pytest.approx(ssim(through, truth))
     assert got["scores"]["copy_reference"][0] == pytest.approx(ssim(np.repeat(clip.frames[:1], len(truth), 0),
                                                                     truth))
+    # the finer split: pooled sums over region_labels, which add up to each method's whole-frame SSIM
+    from mimicmotion.metrics import labelled_ssim_sums, region_labels
+
+    labels = region_labels(truth, clip.frames[0], 12.0)
+    sums, counts = got["regions"]["mimicmotion"]
+    want_sums, want_counts = labelled_ssim_sums(model_frames, truth, labels)
+    assert np.array_equal(counts, want_counts) and np.allclose(sums, want_sums)
+    table = bench.region_table([got, got])
+    assert sum(table["share"].values()) == pytest.approx(1.0)
+    present = [name for name, count in zip(table["share"], counts) if count]
+    for method in bench.METHODS:
+        assert sum(table[method][n] * table["share"][n] for n in present) == pytest.approx(got["scores"][method][0])
+    assert sum(table["model_minus_copy"].values()) == pytest.approx(
+        got["scores"]["mimicmotion"][0] - got["scores"]["copy_reference"][0])

@@ -12,6 +12,7 @@ from mimicmotion.errors import ConfigError, ModelFileError
 from mimicmotion.metrics import (changed_mask, feature_frechet_distance, frechet_distance, gaussian_fit,
                                  gaussian_kernel, masked_psnr, masked_psnr_per_frame, psnr, psnr_per_frame,
                                  region_ssim, ssim, ssim_map, ssim_per_frame)
+from mimicmotion.metrics import REGION_NAMES, labelled_ssim_sums, region_labels
 
 RNG = np.random.default_rng(0)
 
@@ -167,6 +168,48 @@ def test_region_ssim_splits_the_ssim_map():
     assert region_ssim(truth, truth, mask) == pytest.approx((1.0, 1.0))
     with pytest.raises(ConfigError, match="mask"):
         region_ssim(pred, truth, mask[:, :5])
+
+
+def test_region_labels_split_static_pixels_by_distance_and_texture():
+    ref = np.full((40, 30, 3), 120, np.uint8)
+    ref[30:, :, :] = np.where((np.arange(30) // 3) % 2, 90, 150)[None, :, None]  # a striped floor below row 30
+    frames = np.repeat(ref[None], 2, axis=0)
+    frames[0, 5:8, 4:7] = 200  # something moved in frame 0 only
+    labels = region_labels(frames, ref, threshold=12, near=6, texture_std=2.0)
+    assert labels.shape == (2, 40, 30) and labels.dtype == np.uint8 and REGION_NAMES[3] == "changed"
+    assert (labels[0, 5:8, 4:7] == 3).all() and (labels[0] == 3).sum() == 9
+    # near: within 6 pixels (a square) of the changed block, not changed
+    near = np.zeros((40, 30), bool)
+    near[0:14, 0:13] = True
+    near[5:8, 4:7] = False
+    assert np.array_equal(labels[0] == 2, near)
+    # far: textured where the reference's 11x11 grey std reaches 2 (the stripes and the rows just above them)
+    assert (labels[1, 32:, :] == 1).all() and (labels[1, :24, :] == 0).all() and (labels[1, 25:30] == 1).all()
+    assert not (labels[1] >= 2).any()
+    with pytest.raises(ConfigError, match="near"):
+        region_labels(frames, ref, near=-1)
+
+
+def test_labelled_ssim_sums_pool_the_ssim_map_exactly():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 256, (3, 24, 20, 3)).astype(np.uint8)
+    pred = np.clip(truth + rng.normal(0, 20, truth.shape), 0, 255).astype(np.uint8)
+    labels = rng.integers(0, 4, (3, 24, 20)).astype(np.uint8)
+    sums, counts = labelled_ssim_sums(pred, truth, labels)
+    assert counts.sum() == 3 * 14 * 10 and sums.sum() / counts.sum() == pytest.approx(ssim(pred, truth), abs=1e-12)
+    maps = [np.mean([ssim_map(pred[i, :, :, k].astype(float), truth[i, :, :, k].astype(float))[5:-5, 5:-5]
+                     for k in range(3)], axis=0) for i in range(3)]
+    for label in range(4):
+        by_hand = [m[labels[i, 5:-5, 5:-5] == label] for i, m in enumerate(maps)]
+        assert counts[label] == sum(len(v) for v in by_hand)
+        assert sums[label] == pytest.approx(sum(v.sum() for v in by_hand), abs=1e-9)
+    # identical frames: every region scores 1; an absent label has count 0
+    sums, counts = labelled_ssim_sums(truth, truth, np.zeros_like(labels))
+    assert counts[1:].sum() == 0 and sums[0] == pytest.approx(counts[0])
+    with pytest.raises(ConfigError, match="labels"):
+        labelled_ssim_sums(pred, truth, labels[:, :5])
+    with pytest.raises(ConfigError, match="0..3"):
+        labelled_ssim_sums(pred, truth, labels + 1)
 
 
 def test_gaussian_kernel_is_normalised():
