@@ -22,6 +22,9 @@ UNet and only its decoder is adapted:
     python flows/demo_model.py --work /tmp/demo-adapt --continue-from mimicmotion/assets/demo_model \
         --train-steps 0 --adapt-decoder-steps 1500 --ship
 
+A work folder holds one continuation: continuing another model there is refused (use a fresh ``--work``);
+re-running the same command, also after ``--ship`` replaced the model it started from, resumes.
+
 ``--vae-continue-steps N`` trains a finished model's whole VAE (encoder too) N more steps first; its latents
 move, so the UNet then trains on them (``--train-steps`` >= 1 is required). ``--device cuda`` runs every stage
 (VAE training, the UNet through the train flow with one GPU per worker, decoder pairs and adaptation, the
@@ -172,6 +175,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                           f"continue_from={continue_from!r}, train_steps={train_steps}")
     device = dm.check_device(device)
     root = Path(work)
+    if continue_from:
+        dm.check_continuation(root, continue_from)  # before anything runs: a folder of another run is refused
     synth, catalog = root / "synth", root / "catalog"
     generate_dataset(synth, videos, seed=seed, width=dm.DEMO_WIDTH, height=dm.DEMO_HEIGHT, num_frames=96)
     curate(inputs=[str(synth / "train"), str(synth / "test")], catalog=str(catalog), pose_source="sidecar",
@@ -249,6 +254,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         record = [root / "summary.json", root / "vae" / "metrics.json",
                   Path(run.get("metrics") or ""), Path(run.get("loss_curve") or "")]  # Path("") is no file
         dm.ship_model(base, run["model"], card, extra_files=[p for p in record if p.is_file()])
+        dm.record_shipped(root, run["model"])
     return summary
 
 

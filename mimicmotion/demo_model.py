@@ -638,6 +638,62 @@ def copy_demo_model(source, target) -> Path:
     return target
 
 
+SHIPPED_RECORD = "shipped.json"  # in a work folder: digests of the checkpoints shipped from it
+
+
+def checkpoint_digest(path) -> str:
+    """The SHA-256 of a checkpoint file (hex): which model a continuation started from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_shipped(work, checkpoint) -> None:
+    """Note in ``work``'s shipped.json (atomically) that ``checkpoint`` was shipped from this work folder, so a
+    re-run of the same continuation, whose source is now that shipped model, still resumes here."""
+    path = Path(work) / SHIPPED_RECORD
+    digests = shipped_digests(work)
+    digest = checkpoint_digest(checkpoint)
+    if digest not in digests:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"shipped_sha256": sorted(digests | {digest})}, indent=2))
+        tmp.replace(path)
+
+
+def shipped_digests(work) -> set:
+    """The checkpoint digests ``record_shipped`` noted in ``work`` (empty when nothing was shipped from it)."""
+    path = Path(work) / SHIPPED_RECORD
+    if not path.is_file():
+        return set()
+    try:
+        return set(json.loads(path.read_text())["shipped_sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a readable record of shipped models ({exc}); remove it") from exc
+
+
+def check_continuation(work, source) -> None:
+    """Refuse a continuation of ``source`` in a work folder whose ``start/`` holds another model: its stages
+    (run/, vae-*/, decoder pairs, eval/) belong to that earlier continuation and would be resumed or skipped
+    silently. The same source (a re-run resumes) and a model shipped from this work folder (the re-run of a
+    shipped continuation) are accepted; so is a work folder without a start yet."""
+    start_checkpoint = Path(work) / "start" / SHIPPED_CHECKPOINT
+    if not start_checkpoint.is_file():
+        return
+    _, checkpoint = demo_model_paths(source)
+    digest = checkpoint_digest(checkpoint)
+    started = checkpoint_digest(start_checkpoint)
+    if digest != started and digest not in shipped_digests(work):
+        raise ConfigError(
+            f"work folder {work} already holds a continuation of another model (its start/ checkpoint has sha256 "
+            f"{started[:12]}..., {checkpoint} has {digest[:12]}...): its stages belong to that run and would be "
+            "resumed or skipped. Continue in a fresh --work folder, or pass the model that run started from to "
+            "resume it")
+
+
 def base_with_vae(base_dir, vae_dir, target) -> Path:
     """A copy of the base folder ``base_dir`` whose VAE is the one saved in ``vae_dir`` (e.g. a decoder trained
     on), written to ``target`` in one rename; a ``target`` that already holds a base folder is kept (a re-run

@@ -374,6 +374,25 @@ def test_demo_model_flow_cli_passes_the_decoder_stage_options(monkeypatch):
     assert kwargs["device"] == "cuda"
 
 
+def test_check_continuation_refuses_a_work_folder_of_another_model(tmp_path):
+    dm.save_demo_model(tmp_path / "a", dm.demo_components(seed=0))
+    dm.save_demo_model(tmp_path / "b", dm.demo_components(seed=1))
+    work = tmp_path / "work"
+    dm.check_continuation(work, tmp_path / "a")  # nothing there yet
+    dm.copy_demo_model(tmp_path / "a", work / "start")
+    dm.check_continuation(work, tmp_path / "a")  # the same source: a re-run resumes
+    with pytest.raises(ConfigError, match="already holds a continuation of another model.*fresh --work folder"):
+        dm.check_continuation(work, tmp_path / "b")
+    # b shipped from this work folder (the source of a re-run of the same command after --ship)
+    dm.record_shipped(work, tmp_path / "b" / dm.SHIPPED_CHECKPOINT)
+    dm.record_shipped(work, tmp_path / "b" / dm.SHIPPED_CHECKPOINT)  # noted once
+    dm.check_continuation(work, tmp_path / "b")
+    assert dm.shipped_digests(work) == {dm.checkpoint_digest(tmp_path / "b" / dm.SHIPPED_CHECKPOINT)}
+    (work / dm.SHIPPED_RECORD).write_text("[]")
+    with pytest.raises(ConfigError, match="shipped.json is not a readable record"):
+        dm.check_continuation(work, tmp_path / "b")
+
+
 @pytest.fixture
 def faked_flow(tmp_path, monkeypatch):
     """The demo_model flow with its heavy stages (data, curate, VAE training, train, decoder pairs and adaptation,
@@ -453,6 +472,31 @@ def test_demo_model_flow_wires_the_decoder_stage(tmp_path, faked_flow):
     assert kwargs == {"ssim_weight": 0.5, "record": None, "device": "cpu"}
     assert calls["train"][0]["base_model"] == str(fresh / "init" / "base") and not (fresh / "base").exists()
     assert "pairs" not in calls and "adapt" not in calls
+
+
+def test_demo_model_flow_refuses_a_second_continuation_in_one_work_folder(tmp_path, faked_flow, monkeypatch):
+    """A continuation of another model in a used work folder is refused before any stage runs; the re-run of a
+    shipped continuation (whose source is now the model it shipped) resumes."""
+    flow, shipped, calls = (faked_flow[k] for k in ("flow", "shipped", "calls"))
+    work = tmp_path / "continued"
+    shipped_to = []
+    monkeypatch.setattr(dm, "ship_model", lambda base, ckpt, card, **k: shipped_to.append(ckpt))
+    flow(str(work), continue_from=str(shipped), train_steps=1, ship=True)
+    # what shipping would have done: the source folder now holds the shipped checkpoint
+    other = tmp_path / "other"
+    dm.save_demo_model(other, dm.demo_components(seed=5))
+    (shipped / dm.SHIPPED_CHECKPOINT).write_bytes((other / dm.SHIPPED_CHECKPOINT).read_bytes())
+    dm.record_shipped(work, other / dm.SHIPPED_CHECKPOINT)  # as if the run had produced these weights
+    calls.clear()
+    flow(str(work), continue_from=str(shipped), train_steps=1)
+    assert calls["train"]
+    calls.clear()
+    third = tmp_path / "third"
+    dm.save_demo_model(third, dm.demo_components(seed=6))
+    with pytest.raises(ConfigError, match="another model"):
+        flow(str(work), continue_from=str(third), train_steps=1)
+    assert calls == {}
+    assert shipped_to and (work / dm.SHIPPED_RECORD).is_file()
 
 
 def test_demo_model_flow_adapts_the_decoder_of_a_finished_model(tmp_path, faked_flow):
