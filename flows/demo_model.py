@@ -22,8 +22,10 @@ UNet and only its decoder is adapted:
     python flows/demo_model.py --work /tmp/demo-adapt --continue-from mimicmotion/assets/demo_model \
         --train-steps 0 --adapt-decoder-steps 1500 --ship
 
-A work folder holds one continuation: continuing another model there is refused (use a fresh ``--work``);
-re-running the same command, also after ``--ship`` replaced the model it started from, resumes.
+``--vae-downscale 4`` builds a new model around a VAE that downsamples by 4 instead of 8 (see
+benchmarks/RESULTS.md). A work folder holds one continuation: continuing another model there is refused (use a
+fresh ``--work``); re-running the same command, also after ``--ship`` replaced the model it started from,
+resumes.
 
 ``--vae-continue-steps N`` trains a finished model's whole VAE (encoder too) N more steps first; its latents
 move, so the UNet then trains on them (``--train-steps`` >= 1 is required). ``--device cuda`` runs every stage
@@ -89,9 +91,10 @@ def _save_vae(vae, metrics: dict, out: Path) -> None:
 
 
 @task(name="pretrain-vae", cache_policy=NO_CACHE)
-def pretrain_vae_task(synth_dir: str, out_dir: str, steps: int, seed: int, device: str = "cpu") -> dict:
-    return _train_vae(synth_dir, Path(out_dir), lambda: dm.demo_components(seed)["vae"], steps, seed, "vae",
-                      set_scale=True, batch_seed=seed, device=device, lr=5e-4)
+def pretrain_vae_task(synth_dir: str, out_dir: str, steps: int, seed: int, device: str = "cpu",
+                      downscale: int = 8) -> dict:
+    return _train_vae(synth_dir, Path(out_dir), lambda: dm.demo_components(seed, downscale)["vae"], steps, seed,
+                      "vae", set_scale=True, batch_seed=seed, device=device, lr=5e-4)
 
 
 @task(name="finetune-vae-decoder", cache_policy=NO_CACHE)
@@ -160,7 +163,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                ship: bool = False, vae_decoder_steps: int = 0, continue_from: Optional[str] = None,
                train_seed: Optional[int] = None, decay_steps: int = 0, vae_decoder_ssim_weight: float = 0.5,
                adapt_decoder_steps: int = 0, adapt_clips: int = 128, adapt_guidance: float = 2.0,
-               vae_continue_steps: int = 0, vae_continue_ssim_weight: float = 2.0, device: str = "cpu") -> dict:
+               vae_continue_steps: int = 0, vae_continue_ssim_weight: float = 2.0, device: str = "cpu",
+               vae_downscale: Optional[int] = None) -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
     from flows.train import train
@@ -176,7 +180,12 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     device = dm.check_device(device)
     root = Path(work)
     if continue_from:
+        if vae_downscale is not None:
+            raise ConfigError("vae_downscale picks a new model's architecture; a continuation keeps its start model's "
+                              f"(drop vae_downscale, or build a new model without continue_from); got {vae_downscale}")
         dm.check_continuation(root, continue_from)  # before anything runs: a folder of another run is refused
+    else:
+        vae_downscale = dm.check_vae_downscale(root / "vae", 8 if vae_downscale is None else vae_downscale)
     synth, catalog = root / "synth", root / "catalog"
     generate_dataset(synth, videos, seed=seed, width=dm.DEMO_WIDTH, height=dm.DEMO_HEIGHT, num_frames=96)
     curate(inputs=[str(synth / "train"), str(synth / "test")], catalog=str(catalog), pose_source="sidecar",
@@ -190,7 +199,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         vae_metrics, vae_dir = prior["vae"], base / "vae"
     else:
         prior = None
-        vae_metrics, vae_dir = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed, device), root / "vae"
+        vae_metrics = pretrain_vae_task(str(synth), str(root / "vae"), vae_steps, seed, device, vae_downscale)
+        vae_dir = root / "vae"
     if vae_continue_steps > 0:
         # encoder and decoder train on, so the latents move (the UNet trains on below); an adapted decoder's
         # record goes with the decoder it describes
@@ -295,6 +305,9 @@ def main(argv=None) -> int:
     ap.add_argument("--adapt-guidance", type=float, default=2.0, help="guidance of those samples")
     ap.add_argument("--device", default="cpu", help="where every stage runs: cpu, or cuda / cuda:N on a machine with a "
                                                   "GPU (the UNet then trains with one GPU per --workers)")
+    ap.add_argument("--vae-downscale", type=int, choices=dm.DEMO_DOWNSCALES,
+                    help="a new model's VAE downsampling: 8 (default, as SVD) or 4 (latents 48 x 32: keeps textures "
+                         "an 8x latent loses; the UNet and PoseNet follow); a continuation keeps its start model's")
     ap.add_argument("--ship", action="store_true", help="copy the result into mimicmotion/assets/demo_model/")
     args = ap.parse_args(argv)
     summary = demo_model(args.work, args.videos, args.seed, args.vae_steps, args.train_steps, args.workers, args.lr,
@@ -304,7 +317,8 @@ def main(argv=None) -> int:
                          decay_steps=args.decay_steps, vae_decoder_ssim_weight=args.vae_decoder_ssim_weight,
                          adapt_decoder_steps=args.adapt_decoder_steps, adapt_clips=args.adapt_clips,
                          adapt_guidance=args.adapt_guidance, vae_continue_steps=args.vae_continue_steps,
-                         vae_continue_ssim_weight=args.vae_continue_ssim_weight, device=args.device)
+                         vae_continue_ssim_weight=args.vae_continue_ssim_weight, device=args.device,
+                         vae_downscale=args.vae_downscale)
     print(json.dumps(summary.get("evaluation"), indent=2, default=str))
     return 0
 

@@ -42,6 +42,19 @@ DEMO_UNET_CONFIG = dict(
     num_frames=DEMO_TILE_SIZE,
 )
 DEMO_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=(64, 64, 64, 64), latent_channels=DEMO_LATENT_CHANNELS)
+# A 4x variant (benchmarks/RESULTS.md: an 8x latent cannot hold the synthetic tiled floors): one VAE block
+# fewer, so latents are 48 x 32 at 192 x 128; the UNet gets a cheap first level at that grid (32 channels, no
+# attention) and keeps the 8x model's two levels below it. The PoseNet follows the VAE (``vae_downscale``).
+DEMO_DOWNSCALES = (8, 4)
+DEMO_UNET_CONFIG_4X = dict(
+    DEMO_UNET_CONFIG,
+    down_block_types=("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+    up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal"),
+    block_out_channels=(32, 64, 128),
+    num_attention_heads=(1, 2, 4),
+)
+DEMO_VAE_CONFIG_4X = dict(DEMO_VAE_CONFIG, down_block_types=("DownEncoderBlock2D",) * 3,
+                          block_out_channels=(64, 64, 64))
 DEMO_CLIP_CONFIG = dict(TINY_CLIP_CONFIG)
 
 # Training from scratch (not SVD fine-tuning): a larger learning rate, a short warm-up, and a noise-level
@@ -63,21 +76,26 @@ def _seeded(seed: int, component: str, build: Callable):
         return build()
 
 
-def demo_components(seed: int = 0) -> dict:
-    """The six pipeline components of the demo architecture, randomly initialised (same seed, same weights)."""
+def demo_components(seed: int = 0, downscale: int = 8) -> dict:
+    """The six pipeline components of the demo architecture, randomly initialised (same seed, same weights).
+    ``downscale`` 4 builds the 4x variant (``DEMO_VAE_CONFIG_4X``, ``DEMO_UNET_CONFIG_4X``)."""
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from mimicmotion.models.pose_net import PoseNet
+    from mimicmotion.models.pose_net import PoseNet, vae_downscale
     from mimicmotion.models.unet import PoseConditionedUNet
     from mimicmotion.tiny import SVD_XT_SCHEDULER_CONFIG, clip_feature_extractor
 
-    unet_config = dict(DEMO_UNET_CONFIG, sample_size=DEMO_HEIGHT // 8)
+    if downscale not in DEMO_DOWNSCALES:
+        raise ConfigError(f"the demo VAE downsamples by one of {DEMO_DOWNSCALES}, got {downscale}")
+    unet_config = dict(DEMO_UNET_CONFIG if downscale == 8 else DEMO_UNET_CONFIG_4X,
+                       sample_size=DEMO_HEIGHT // downscale)
+    vae_config = DEMO_VAE_CONFIG if downscale == 8 else DEMO_VAE_CONFIG_4X
     unet = _seeded(seed, "unet", lambda: PoseConditionedUNet(**unet_config))
-    vae = _seeded(seed, "vae", lambda: AutoencoderKLTemporalDecoder(**DEMO_VAE_CONFIG, sample_size=DEMO_HEIGHT))
+    vae = _seeded(seed, "vae", lambda: AutoencoderKLTemporalDecoder(**vae_config, sample_size=DEMO_HEIGHT))
     image_encoder = _seeded(seed, "image_encoder",
                             lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**DEMO_CLIP_CONFIG)))
-    pose_net = _seeded(seed, "pose_net", lambda: PoseNet(noise_latent_channels=unet.config.block_out_channels[0]))
+    pose_net = _seeded(seed, "pose_net", lambda: PoseNet(unet.config.block_out_channels[0], vae_downscale(vae.config)))
     return dict(vae=vae.eval(), image_encoder=image_encoder.eval(), unet=unet.eval(),
                 scheduler=EulerDiscreteScheduler.from_config(SVD_XT_SCHEDULER_CONFIG),
                 feature_extractor=clip_feature_extractor(), pose_net=pose_net.eval())
@@ -565,8 +583,11 @@ def collect_clips(video_paths, clip_length: int = 4, every: int = 2) -> np.ndarr
 
 def build_initial_model(out_dir, vae, seed: int = 0) -> tuple:
     """The starting point of UNet training: a base folder holding the pre-trained ``vae`` (frozen from now on),
-    the random CLIP encoder and the UNet config, plus a checkpoint with the random UNet and fresh PoseNet."""
-    components = demo_components(seed)
+    the random CLIP encoder and the UNet config, plus a checkpoint with the random UNet and fresh PoseNet (the
+    architecture variant that matches the VAE's downsampling)."""
+    from mimicmotion.models.pose_net import vae_downscale
+
+    components = demo_components(seed, vae_downscale(vae.config))
     components["vae"] = vae.eval()
     return save_demo_model(out_dir, components)
 
@@ -673,6 +694,22 @@ def shipped_digests(work) -> set:
         return set(json.loads(path.read_text())["shipped_sha256"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is not a readable record of shipped models ({exc}); remove it") from exc
+
+
+def check_vae_downscale(vae_dir, downscale: int) -> int:
+    """``downscale`` if it is a demo architecture and agrees with the VAE an earlier run saved in ``vae_dir`` (a
+    re-run resumes with that VAE, so asking for another architecture in the same work folder is refused)."""
+    from mimicmotion.models.pose_net import vae_downscale
+
+    if downscale not in DEMO_DOWNSCALES:
+        raise ConfigError(f"vae_downscale must be one of {DEMO_DOWNSCALES}, got {downscale}")
+    config = Path(vae_dir) / "config.json"
+    if config.is_file():
+        saved = vae_downscale(json.loads(config.read_text()))
+        if saved != downscale:
+            raise ConfigError(f"{vae_dir} holds a VAE that downsamples by {saved}, not {downscale}: use a fresh --work "
+                              f"folder for the other architecture, or pass vae_downscale={saved} to resume")
+    return downscale
 
 
 def check_continuation(work, source) -> None:

@@ -312,7 +312,7 @@ def load_pipeline(base_model_dir: PathLike, checkpoint_path: PathLike, dtype: to
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from transformers import CLIPVisionModelWithProjection
 
-    from mimicmotion.models.pose_net import PoseNet
+    from mimicmotion.models.pose_net import PoseNet, vae_downscale
     from mimicmotion.models.unet import PoseConditionedUNet
     from mimicmotion.pipeline import MimicMotionPipeline
 
@@ -325,14 +325,13 @@ def load_pipeline(base_model_dir: PathLike, checkpoint_path: PathLike, dtype: to
     unet, missing_unet, unexpected_unet = build_with_weights(
         lambda: PoseConditionedUNet.from_config(unet_config), groups["unet"], component="unet",
         checkpoint=checkpoint, strict=strict, dtype=dtype, device=device)
-    pose_net, missing_pose, unexpected_pose = build_with_weights(
-        lambda: PoseNet(noise_latent_channels=unet.config.block_out_channels[0]), groups["pose_net"],
-        component="pose_net", checkpoint=checkpoint, strict=strict, dtype=dtype, device=device)
-
     vae_dir = base / "vae"
     vae = _load_from_base("VAE", vae_dir, lambda: AutoencoderKLTemporalDecoder.from_pretrained(
         vae_dir, torch_dtype=dtype, variant=weights_variant(vae_dir, ("diffusion_pytorch_model",)),
         local_files_only=True))
+    pose_net, missing_pose, unexpected_pose = build_with_weights(
+        lambda: PoseNet(noise_latent_channels=unet.config.block_out_channels[0], downscale=vae_downscale(vae.config)),
+        groups["pose_net"], component="pose_net", checkpoint=checkpoint, strict=strict, dtype=dtype, device=device)
     clip_dir = base / "image_encoder"
     image_encoder = _load_from_base("image encoder", clip_dir, lambda: CLIPVisionModelWithProjection.from_pretrained(
         clip_dir, variant=weights_variant(clip_dir, ("model", "pytorch_model")), local_files_only=True))

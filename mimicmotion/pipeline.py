@@ -138,6 +138,11 @@ class MimicMotionPipeline(DiffusionPipeline):
         self.register_modules(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
                               feature_extractor=feature_extractor, pose_net=pose_net)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        pose_downscale = getattr(pose_net, "downscale", self.vae_scale_factor)
+        if pose_downscale != self.vae_scale_factor:
+            raise ConfigError(f"the PoseNet downsamples pose images by {pose_downscale} but the VAE's latents are "
+                              f"1/{self.vae_scale_factor} of the frame: build the PoseNet with "
+                              f"downscale={self.vae_scale_factor} (PoseNet(..., downscale=vae_downscale(vae.config)))")
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         # Model offload: each stage moves its module to the execution device and back to CPU afterwards.
         self.offload = False

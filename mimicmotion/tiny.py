@@ -110,14 +110,14 @@ def tiny_components(seed: int = 0, sample_size: int = 64) -> dict:
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from mimicmotion.models.pose_net import PoseNet
+    from mimicmotion.models.pose_net import PoseNet, vae_downscale
     from mimicmotion.models.unet import PoseConditionedUNet
 
     unet = _seeded(seed, "unet", lambda: PoseConditionedUNet(**tiny_unet_config(sample_size)))
     vae = _seeded(seed, "vae", lambda: AutoencoderKLTemporalDecoder(**TINY_VAE_CONFIG, sample_size=sample_size))
     image_encoder = _seeded(seed, "image_encoder",
                             lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_CONFIG)))
-    pose_net = _seeded(seed, "pose_net", lambda: PoseNet(noise_latent_channels=unet.config.block_out_channels[0]))
+    pose_net = _seeded(seed, "pose_net", lambda: PoseNet(unet.config.block_out_channels[0], vae_downscale(vae.config)))
     return dict(
         vae=vae.eval(), image_encoder=image_encoder.eval(), unet=unet.eval(),
         scheduler=EulerDiscreteScheduler.from_config(SVD_XT_SCHEDULER_CONFIG),

@@ -393,6 +393,48 @@ def test_check_continuation_refuses_a_work_folder_of_another_model(tmp_path):
         dm.check_continuation(work, tmp_path / "b")
 
 
+def test_4x_demo_architecture_renders_and_trains():
+    """downscale 4: the VAE's latents are 1/4 of the frame, the PoseNet and the UNet follow; the pipeline
+    renders at the demo size and one training step runs; a PoseNet of the other factor is refused."""
+    from mimicmotion.models.pose_net import PoseNet
+    from mimicmotion.pipeline import MimicMotionPipeline
+    from mimicmotion.training.trainer import TrainConfig, prepare_modules, training_step
+
+    comps = dm.demo_components(seed=0, downscale=4)
+    assert comps["pose_net"].downscale == 4 and comps["unet"].config.block_out_channels == (32, 64, 128)
+    pipe = MimicMotionPipeline(**comps)
+    assert pipe.vae_scale_factor == 4
+    image = np.full((dm.DEMO_HEIGHT, dm.DEMO_WIDTH, 3), 128, np.uint8)
+    poses = torch.zeros(3, 3, dm.DEMO_HEIGHT, dm.DEMO_WIDTH)
+    from PIL import Image
+
+    latents = pipe(Image.fromarray(image), poses, height=dm.DEMO_HEIGHT, width=dm.DEMO_WIDTH, tile_size=3,
+                   tile_overlap=1, num_inference_steps=1, output_type="latent").frames
+    assert latents.shape[-2:] == (dm.DEMO_HEIGHT // 4, dm.DEMO_WIDTH // 4)
+    cfg = TrainConfig(height=dm.DEMO_HEIGHT, width=dm.DEMO_WIDTH, num_frames=2, steps=1, batch_size=1).validate()
+    modules = prepare_modules(comps, cfg, "cpu")
+    batch = {"pixels": torch.zeros(1, 3, 3, dm.DEMO_HEIGHT, dm.DEMO_WIDTH),
+             "pose_images": torch.zeros(1, 3, 3, dm.DEMO_HEIGHT, dm.DEMO_WIDTH),
+             "hand_mask": torch.zeros(1, 3, 1, dm.DEMO_HEIGHT // 4, dm.DEMO_WIDTH // 4)}
+    assert torch.isfinite(training_step(modules, batch, cfg, torch.Generator().manual_seed(0))["loss"])
+    with pytest.raises(ConfigError, match="hand_mask"):  # an 8x mask for a 4x VAE
+        training_step(modules, dict(batch, hand_mask=torch.zeros(1, 3, 1, 24, 16)), cfg, torch.Generator())
+    with pytest.raises(ConfigError, match="downscale=4"):
+        MimicMotionPipeline(**dict(comps, pose_net=PoseNet(32)))
+    with pytest.raises(ConfigError, match="downsamples by one of"):
+        dm.demo_components(downscale=2)
+
+
+def test_check_vae_downscale_refuses_another_architecture_in_a_used_work_folder(tmp_path):
+    assert dm.check_vae_downscale(tmp_path / "vae", 4) == 4  # nothing saved yet
+    dm.demo_components(downscale=4)["vae"].save_pretrained(tmp_path / "vae")
+    assert dm.check_vae_downscale(tmp_path / "vae", 4) == 4
+    with pytest.raises(ConfigError, match="downsamples by 4, not 8.*fresh --work"):
+        dm.check_vae_downscale(tmp_path / "vae", 8)
+    with pytest.raises(ConfigError, match="one of"):
+        dm.check_vae_downscale(tmp_path / "none", 2)
+
+
 @pytest.fixture
 def faked_flow(tmp_path, monkeypatch):
     """The demo_model flow with its heavy stages (data, curate, VAE training, train, decoder pairs and adaptation,
@@ -499,6 +541,16 @@ def test_demo_model_flow_refuses_a_second_continuation_in_one_work_folder(tmp_pa
     assert shipped_to and (work / dm.SHIPPED_RECORD).is_file()
 
 
+def test_demo_model_flow_builds_the_4x_variant_and_keeps_a_continuation_s_architecture(tmp_path, faked_flow):
+    flow, shipped, calls = (faked_flow[k] for k in ("flow", "shipped", "calls"))
+    flow(str(tmp_path / "fresh4"), vae_steps=20, train_steps=1, vae_downscale=4)
+    (args, kwargs), = calls["pretrain"]
+    assert args[-1] == 4  # the pre-training stage builds the 4x VAE
+    with pytest.raises(ConfigError, match="a continuation keeps its start model's"):
+        flow(str(tmp_path / "cont"), continue_from=str(shipped), train_steps=1, vae_downscale=4)
+    assert not (tmp_path / "cont").exists()
+
+
 def test_demo_model_flow_adapts_the_decoder_of_a_finished_model(tmp_path, faked_flow):
     """train_steps 0 keeps the start model's UNet; the decoder is adapted to that model's samples and the
     evaluation uses the adapted base folder."""
@@ -570,7 +622,7 @@ def test_demo_model_flow_runs_every_stage_on_the_device_asked_for(tmp_path, fake
 
     calls.clear()
     flow(str(tmp_path / "fresh"), vae_steps=3, train_steps=1, device="cuda:0")
-    assert calls["pretrain"][0][0][-1] == "cuda:0" and calls["train"][0]["use_gpu"] is True
+    assert calls["pretrain"][0][0][-2:] == ("cuda:0", 8) and calls["train"][0]["use_gpu"] is True
 
     calls.clear()
     for device, message in (("cuda:1", "has 1 CUDA GPU"), ("gpu", "cpu, cuda or cuda:N")):

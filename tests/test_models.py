@@ -85,6 +85,22 @@ def test_pose_net_initialisation():
     assert torch.count_nonzero(net.final_proj.bias) == 0
 
 
+def test_pose_net_downscale_follows_the_vae():
+    from mimicmotion.models.pose_net import CONV_SPECS, conv_specs, vae_downscale
+
+    assert conv_specs(8) == CONV_SPECS  # the release's layout
+    x = torch.zeros(1, 3, 64, 32)
+    for downscale in (8, 4, 2):
+        net = PoseNet(noise_latent_channels=4, downscale=downscale)
+        assert net(x).shape == (1, 4, 64 // downscale, 32 // downscale) and net.downscale == downscale
+        assert [n for n, _ in net.named_parameters()] == [n for n, _ in PoseNet(4).named_parameters()]
+    assert [s for *_, s in conv_specs(4)].count(2) == 2 and conv_specs(4)[5] == (32, 64, 3, 1)
+    with pytest.raises(ConfigError, match="downscale must be one of"):
+        PoseNet(downscale=16)
+    assert vae_downscale({"block_out_channels": [1, 2, 3, 4]}) == 8
+    assert vae_downscale(type("Config", (), {"block_out_channels": (1, 2, 3)})()) == 4
+
+
 def test_pose_net_rejects_wrong_rank():
     with pytest.raises(ConfigError, match="pose images"):
         PoseNet()(torch.zeros(3, 64, 64))

@@ -8,6 +8,7 @@ SVD) and a learnable scalar (2.0 at start) scales the result. Parameter names ma
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -28,6 +29,30 @@ CONV_SPECS = (
 )
 FEATURE_CHANNELS = CONV_SPECS[-1][1]
 INITIAL_SCALE = 2.0
+DOWNSCALES = (2, 4, 8)
+
+
+def conv_specs(downscale: int = 8) -> tuple:
+    """The convolutions for a VAE that downsamples by ``downscale``: the released layout for 8 (SVD's VAE);
+    for 4 or 2 the last one or two stride-2 layers become stride-1 kernel-3 layers, so the features come out
+    on that VAE's latent grid (a small demo VAE with fewer blocks). Channels and parameter names are kept."""
+    if downscale not in DOWNSCALES:
+        raise ConfigError(f"PoseNet downscale must be one of {DOWNSCALES} (the VAE's downsampling), got {downscale}")
+    halvings = {8: 3, 4: 2, 2: 1}[downscale]
+    specs, seen = [], 0
+    for c_in, c_out, k, s in CONV_SPECS:
+        if s == 2:
+            seen += 1
+            if seen > halvings:
+                k, s = 3, 1
+        specs.append((c_in, c_out, k, s))
+    return tuple(specs)
+
+
+def vae_downscale(vae_config) -> int:
+    """How much a diffusers VAE downsamples (8 for SVD's), from its config: 2 ** (blocks - 1)."""
+    blocks = vae_config["block_out_channels"] if isinstance(vae_config, Mapping) else vae_config.block_out_channels
+    return 2 ** (len(blocks) - 1)
 
 
 def he_normal_std(conv: nn.Conv2d) -> float:
@@ -40,13 +65,15 @@ class PoseNet(nn.Module):
     """Pose images (N, 3, H, W) or (B, F, 3, H, W) in [-1, 1] -> features (N or B*F, C, H/8, W/8).
 
     ``noise_latent_channels`` is the UNet's ``block_out_channels[0]`` (320 for SVD). At initialisation the
-    output is exactly zero (zero projection), so a fresh PoseNet leaves the UNet unchanged.
+    output is exactly zero (zero projection), so a fresh PoseNet leaves the UNet unchanged. ``downscale``: the
+    VAE's downsampling (``vae_downscale``); 8, the release's, unless a small VAE has fewer blocks.
     """
 
-    def __init__(self, noise_latent_channels: int = 320):
+    def __init__(self, noise_latent_channels: int = 320, downscale: int = 8):
         super().__init__()
+        self.downscale = int(downscale)
         layers: list[nn.Module] = []
-        for c_in, c_out, k, s in CONV_SPECS:
+        for c_in, c_out, k, s in conv_specs(self.downscale):
             layers += [nn.Conv2d(c_in, c_out, kernel_size=k, stride=s, padding=1), nn.SiLU()]
         self.conv_layers = nn.Sequential(*layers)
         self.final_proj = nn.Conv2d(FEATURE_CHANNELS, noise_latent_channels, kernel_size=1)

@@ -49,7 +49,7 @@ from mimicmotion.video import read_frames
 logger = logging.getLogger(__name__)
 
 REFERENCE_MODES = ("random", "first")
-LATENT_FACTOR = 8  # the VAE's downsampling: the hand mask lives on the (H/8, W/8) latent grid
+LATENT_FACTOR = 8  # SVD's VAE downsampling: the hand mask lives on the (H/8, W/8) latent grid
 ASPECT_TOLERANCE = 0.01  # a crop may be resized to a size of a slightly different aspect (rounding)
 _LIST_LIMIT = 5  # how many offending clips an error message names
 
@@ -150,7 +150,8 @@ class TrainingClips(torch.utils.data.Dataset):
     """Training items from catalog clips; see the module docstring for the sampling rules.
 
     Each item: ``pixels`` and ``pose_images`` float32 (1 + num_frames, 3, height, width) in [-1, 1] (x / 127.5
-    - 1), ``hand_mask`` float32 (1 + num_frames, 1, height // 8, width // 8), ``clip_id`` and
+    - 1), ``hand_mask`` float32 (1 + num_frames, 1, height // f, width // f) on the latent grid of a VAE that
+    downsamples by ``latent_factor`` f (8, SVD's), ``clip_id`` and
     ``source_frames`` (int64 decoded-video indices); index 0 is the reference. ``cache_frames`` keeps each
     decoded, cropped frame and its pose image in memory (per DataLoader worker; use persistent workers),
     for small datasets trained for many steps.
@@ -159,11 +160,13 @@ class TrainingClips(torch.utils.data.Dataset):
     def __init__(self, catalog_root, clip_ids: Sequence[str], *, num_frames: int = 16, height: int, width: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, reference: str = "random",
                  hand_threshold: float = objective.HAND_CONFIDENCE_THRESHOLD,
-                 hand_margin: float = objective.HAND_MARGIN, cache_frames: bool = False):
+                 hand_margin: float = objective.HAND_MARGIN, cache_frames: bool = False,
+                 latent_factor: int = LATENT_FACTOR):
         self.num_frames = _check_int("num_frames", num_frames, 1)
+        self.latent_factor = _check_int("latent_factor", latent_factor, 1)
         for name, value in (("height", height), ("width", width)):
-            if _check_int(name, value, LATENT_FACTOR) % LATENT_FACTOR:
-                raise ConfigError(f"{name} must be a multiple of {LATENT_FACTOR} (the VAE's downsampling), got "
+            if _check_int(name, value, self.latent_factor) % self.latent_factor:
+                raise ConfigError(f"{name} must be a multiple of {self.latent_factor} (the VAE's downsampling), got "
                                   f"{value}; e.g. 1024 x 576 or a multiple-of-64 size of the clips' aspect")
         self.height, self.width = int(height), int(width)
         self.seed = _check_int("seed", seed, 0)
@@ -293,8 +296,8 @@ class TrainingClips(torch.utils.data.Dataset):
         all_sources = [ref_source] + list(window_sources)
         all_poses = [ref_pose] + list(window_poses)
         frames, pose_images = self._frames_and_pose_images(clip, all_sources, all_poses)
-        hand_mask = objective.hand_region_mask(all_poses, self.height, self.width, self.height // LATENT_FACTOR,
-                                               self.width // LATENT_FACTOR, threshold=self.hand_threshold,
+        hand_mask = objective.hand_region_mask(all_poses, self.height, self.width, self.height // self.latent_factor,
+                                               self.width // self.latent_factor, threshold=self.hand_threshold,
                                                margin=self.hand_margin)
         return {"pixels": pose_images_to_tensor(frames), "pose_images": pose_images_to_tensor(pose_images),
                 "hand_mask": hand_mask, "clip_id": clip.clip_id,

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from mimicmotion.errors import ConfigError, ModelFileError
+from mimicmotion.models.pose_net import vae_downscale
 from mimicmotion.training import objective
 
 log = logging.getLogger(__name__)
@@ -307,10 +308,10 @@ def _components_from_base(base: Path) -> dict:
                              "pass a MimicMotion checkpoint to start from it instead") from exc
     unet = load("UNet", unet_dir, lambda: PoseConditionedUNet.from_pretrained(
         unet_dir, variant=unet_variant, torch_dtype=torch.float32, local_files_only=True))
-    pose_net = PoseNet(noise_latent_channels=unet.config.block_out_channels[0])
     vae = load("VAE", vae_dir, lambda: AutoencoderKLTemporalDecoder.from_pretrained(
         vae_dir, variant=weights_variant(vae_dir, ("diffusion_pytorch_model",)), torch_dtype=torch.float32,
         local_files_only=True))
+    pose_net = PoseNet(noise_latent_channels=unet.config.block_out_channels[0], downscale=vae_downscale(vae.config))
     image_encoder = load("image encoder", clip_dir, lambda: CLIPVisionModelWithProjection.from_pretrained(
         clip_dir, variant=weights_variant(clip_dir, ("model", "pytorch_model")), local_files_only=True))
     scheduler = load("scheduler", base / "scheduler", lambda: EulerDiscreteScheduler.from_pretrained(
@@ -530,10 +531,10 @@ def added_time_ids(batch: int, config: TrainConfig, device) -> torch.Tensor:
     return torch.tensor([ids] * batch, dtype=torch.float32, device=device)
 
 
-def check_batch(batch: dict, config: TrainConfig) -> None:
+def check_batch(batch: dict, config: TrainConfig, latent_factor: int = 8) -> None:
     frames = 1 + config.num_frames
-    h, w = config.height, config.width
-    expected = {"pixels": (frames, 3, h, w), "pose_images": (frames, 3, h, w), "hand_mask": (frames, 1, h // 8, w // 8)}
+    h, w, f = config.height, config.width, latent_factor
+    expected = {"pixels": (frames, 3, h, w), "pose_images": (frames, 3, h, w), "hand_mask": (frames, 1, h // f, w // f)}
     for key, shape in expected.items():
         value = batch.get(key)
         if not isinstance(value, torch.Tensor) or value.ndim != 5 or tuple(value.shape[1:]) != shape:
@@ -545,12 +546,13 @@ def training_step(modules: TrainModules, batch: dict, config: TrainConfig, gener
     """The loss of one batch, with its graph (call ``backward`` on ``out["loss"]``).
 
     ``batch``: ``pixels`` and ``pose_images`` (B, 1+F, 3, H, W) in [-1, 1] with the reference at index 0,
-    ``hand_mask`` (B, 1+F, 1, H/8, W/8). Random draws from ``generator``, in this order: VAE posterior
-    samples of the clip, conditioning-image noise, noise levels, latent noise, condition-dropout draws.
+    ``hand_mask`` (B, 1+F, 1, H/f, W/f) for a VAE downsampling by f (8 for SVD's). Random draws from
+    ``generator``, in this order: VAE posterior samples of the clip, conditioning-image noise, noise levels,
+    latent noise, condition-dropout draws.
     Returns ``loss`` (scalar with grad), ``hand_loss`` (no grad; NaN without hands), ``sigma`` (B,),
     ``drop_clip`` / ``drop_image`` (B,) bool.
     """
-    check_batch(batch, config)
+    check_batch(batch, config, vae_downscale(modules.vae.config))
     device = modules.device
     pixels = batch["pixels"].to(device, non_blocking=True)
     pose_images = batch["pose_images"].to(device, non_blocking=True)
@@ -1232,13 +1234,14 @@ def train(config: TrainConfig, *, run_dir, catalog_root=None, clip_ids: Optional
         dataset = TrainingClips(catalog_root, list(clip_ids), num_frames=config.num_frames, height=config.height,
                                 width=config.width, seed=config.seed, rank=rank, world_size=world_size,
                                 reference=config.reference, hand_threshold=config.hand_threshold,
-                                hand_margin=config.hand_margin)
+                                hand_margin=config.hand_margin, latent_factor=vae_downscale(modules.vae.config))
     if validation_items is None:
         validation_items = []
         if config.validate_every and validation_clip_ids and rank == 0:
             held_out = TrainingClips(catalog_root, list(validation_clip_ids), num_frames=config.num_frames,
                                      height=config.height, width=config.width, seed=config.seed, reference="first",
-                                     hand_threshold=config.hand_threshold, hand_margin=config.hand_margin)
+                                     hand_threshold=config.hand_threshold, hand_margin=config.hand_margin,
+                                     latent_factor=vae_downscale(modules.vae.config))
             validation_items = [held_out[i] for i in range(len(held_out))]
 
     seed = rank_seed(config.seed, rank)
