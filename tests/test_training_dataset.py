@@ -213,6 +213,12 @@ def test_hand_mask_covers_confident_hands_only(catalog):
             assert any(mask[r, c] == 0 for r, c in hand_cells(pose, RIGHT_HAND) - left)
     dim = make(root, videos["dim"]["clip_ids"], seed=1)
     assert all(dim[i]["hand_mask"].sum() == 0 for i in range(len(dim)))
+    # a 4x VAE's grid: the same hand box rasterised on cells of 4 pixels
+    fine = make(root, videos["hands"]["clip_ids"], seed=1, latent_factor=4)
+    item, coarse = fine[0], hands[0]
+    assert item["hand_mask"].shape == (1 + F, 1, H // 4, W // 4) and torch.equal(item["pixels"], coarse["pixels"])
+    pooled = torch.nn.functional.max_pool2d(item["hand_mask"][:, 0], 2)
+    assert item["hand_mask"].sum() > 0 and torch.equal(pooled, coarse["hand_mask"][:, 0])
     # The threshold is the caller's: below 0.2 the dim hands count.
     lenient = make(root, videos["dim"]["clip_ids"], seed=1, hand_threshold=0.1)
     assert all(lenient[i]["hand_mask"].sum() > 0 for i in range(len(lenient)))

@@ -62,11 +62,11 @@ def he_normal_std(conv: nn.Conv2d) -> float:
 
 
 class PoseNet(nn.Module):
-    """Pose images (N, 3, H, W) or (B, F, 3, H, W) in [-1, 1] -> features (N or B*F, C, H/8, W/8).
+    """Pose images (N, 3, H, W) or (B, F, 3, H, W) in [-1, 1] -> features (N or B*F, C, H/d, W/d), d = 8.
 
     ``noise_latent_channels`` is the UNet's ``block_out_channels[0]`` (320 for SVD). At initialisation the
     output is exactly zero (zero projection), so a fresh PoseNet leaves the UNet unchanged. ``downscale``: the
-    VAE's downsampling (``vae_downscale``); 8, the release's, unless a small VAE has fewer blocks.
+    VAE's downsampling d (``vae_downscale``); 8, the release's, unless a small VAE has fewer blocks.
     """
 
     def __init__(self, noise_latent_channels: int = 320, downscale: int = 8):
