@@ -36,11 +36,11 @@ METHODS = ("mimicmotion", "vae_reconstruction", "copy_reference", "reference_thr
 def clip_scores(pipe, clip, settings, threshold: float) -> dict:
     """{method: (all, static, changed) SSIM and whole-frame PSNR} and the changed share of one clip's frames 1.."""
     from mimicmotion.evaluation import MODEL_METHOD, predict, vae_roundtrip
-    from mimicmotion.metrics import changed_mask, labelled_ssim_sums, psnr, region_labels, region_ssim, ssim
+    from mimicmotion.metrics import REGION_NAMES, labelled_ssim_sums, psnr, region_labels, region_ssim, ssim
 
     truth, reference = clip.frames[1:], clip.frames[0]
-    mask = changed_mask(truth, reference, threshold)
     labels = region_labels(truth, reference, threshold)
+    mask = labels == REGION_NAMES.index("changed")  # metrics.changed_mask
     predictions = {
         "mimicmotion": predict(MODEL_METHOD, clip, pipe, settings),
         "vae_reconstruction": predict("vae_reconstruction", clip, pipe, settings),

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mimicmotion.errors import ConfigError
+from mimicmotion.models.pose_net import vae_downscale
 from mimicmotion.tiny import TINY_CLIP_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 
 DEMO_RESOLUTION = 128  # short side; the render's output size rule makes portrait frames 128 x 192
@@ -45,7 +46,6 @@ DEMO_VAE_CONFIG = dict(TINY_VAE_CONFIG, block_out_channels=(64, 64, 64, 64), lat
 # A 4x variant (benchmarks/RESULTS.md: an 8x latent cannot hold the synthetic tiled floors): one VAE block
 # fewer, so latents are 48 x 32 at 192 x 128; the UNet gets a cheap first level at that grid (32 channels, no
 # attention) and keeps the 8x model's two levels below it. The PoseNet follows the VAE (``vae_downscale``).
-DEMO_DOWNSCALES = (8, 4)
 DEMO_UNET_CONFIG_4X = dict(
     DEMO_UNET_CONFIG,
     down_block_types=("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
@@ -55,6 +55,8 @@ DEMO_UNET_CONFIG_4X = dict(
 )
 DEMO_VAE_CONFIG_4X = dict(DEMO_VAE_CONFIG, down_block_types=("DownEncoderBlock2D",) * 3,
                           block_out_channels=(64, 64, 64))
+DEMO_ARCHITECTURES = {8: (DEMO_UNET_CONFIG, DEMO_VAE_CONFIG), 4: (DEMO_UNET_CONFIG_4X, DEMO_VAE_CONFIG_4X)}
+DEMO_DOWNSCALES = tuple(DEMO_ARCHITECTURES)
 DEMO_CLIP_CONFIG = dict(TINY_CLIP_CONFIG)
 
 # Training from scratch (not SVD fine-tuning): a larger learning rate, a short warm-up, and a noise-level
@@ -82,16 +84,14 @@ def demo_components(seed: int = 0, downscale: int = 8) -> dict:
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from mimicmotion.models.pose_net import PoseNet, vae_downscale
+    from mimicmotion.models.pose_net import PoseNet
     from mimicmotion.models.unet import PoseConditionedUNet
     from mimicmotion.tiny import SVD_XT_SCHEDULER_CONFIG, clip_feature_extractor
 
     if downscale not in DEMO_DOWNSCALES:
         raise ConfigError(f"the demo VAE downsamples by one of {DEMO_DOWNSCALES}, got {downscale}")
-    unet_config = dict(DEMO_UNET_CONFIG if downscale == 8 else DEMO_UNET_CONFIG_4X,
-                       sample_size=DEMO_HEIGHT // downscale)
-    vae_config = DEMO_VAE_CONFIG if downscale == 8 else DEMO_VAE_CONFIG_4X
-    unet = _seeded(seed, "unet", lambda: PoseConditionedUNet(**unet_config))
+    unet_config, vae_config = DEMO_ARCHITECTURES[downscale]
+    unet = _seeded(seed, "unet", lambda: PoseConditionedUNet(**unet_config, sample_size=DEMO_HEIGHT // downscale))
     vae = _seeded(seed, "vae", lambda: AutoencoderKLTemporalDecoder(**vae_config, sample_size=DEMO_HEIGHT))
     image_encoder = _seeded(seed, "image_encoder",
                             lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**DEMO_CLIP_CONFIG)))
@@ -357,15 +357,10 @@ def decoder_pair(pipe, clip, *, steps: int, guidance: float, seed: int, tile_siz
     return dict(latents=latents.float().cpu().numpy(), frames=np.concatenate([clip.frames[:1], clip.frames]))
 
 
-def _vae_factor(vae) -> int:
-    """Pixels per latent cell along each side."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
 def _check_pairs(pairs, vae) -> None:
     if not len(pairs):
         raise ConfigError("decoder adaptation needs at least one (latents, frames) pair; sample some first")
-    factor = _vae_factor(vae)
+    factor = vae_downscale(vae.config)
     for i, pair in enumerate(pairs):
         latents, frames = pair.get("latents"), pair.get("frames")
         ok = (isinstance(latents, np.ndarray) and isinstance(frames, np.ndarray) and latents.ndim == 4
@@ -425,7 +420,7 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
     if not 0.0 <= encoder_share <= 1.0:
         raise ConfigError(f"encoder_share must be in [0, 1], got {encoder_share}")
     h, w = pairs[0]["latents"].shape[2:]
-    factor = _vae_factor(vae)
+    factor = vae_downscale(vae.config)
     if crop is not None and (crop < 2 or (ssim_weight and crop * factor < 11)):
         raise ConfigError(f"crop must be at least 2 latent cells (11 pixels with the SSIM term), got {crop}")
     before = pair_scores(vae, held_out, chunk) if held_out else {}
@@ -585,8 +580,6 @@ def build_initial_model(out_dir, vae, seed: int = 0) -> tuple:
     """The starting point of UNet training: a base folder holding the pre-trained ``vae`` (frozen from now on),
     the random CLIP encoder and the UNet config, plus a checkpoint with the random UNet and fresh PoseNet (the
     architecture variant that matches the VAE's downsampling)."""
-    from mimicmotion.models.pose_net import vae_downscale
-
     components = demo_components(seed, vae_downscale(vae.config))
     components["vae"] = vae.eval()
     return save_demo_model(out_dir, components)
@@ -699,8 +692,6 @@ def shipped_digests(work) -> set:
 def check_vae_downscale(vae_dir, downscale: int) -> int:
     """``downscale`` if it is a demo architecture and agrees with the VAE an earlier run saved in ``vae_dir`` (a
     re-run resumes with that VAE, so asking for another architecture in the same work folder is refused)."""
-    from mimicmotion.models.pose_net import vae_downscale
-
     if downscale not in DEMO_DOWNSCALES:
         raise ConfigError(f"vae_downscale must be one of {DEMO_DOWNSCALES}, got {downscale}")
     config = Path(vae_dir) / "config.json"

@@ -248,8 +248,8 @@ def labelled_ssim_sums(a, b, labels, num_labels: int = len(REGION_NAMES),
     for i in range(n):
         smap = np.mean(_interior_ssim_maps(x[i], y[i], r), axis=0).ravel()
         region = lab[i][inner].ravel().astype(np.intp)
-        sums += np.bincount(region, weights=smap, minlength=num_labels)[:num_labels]
-        counts += np.bincount(region, minlength=num_labels)[:num_labels]
+        sums += np.bincount(region, weights=smap, minlength=num_labels)
+        counts += np.bincount(region, minlength=num_labels)
     return sums, counts
 
 

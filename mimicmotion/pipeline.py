@@ -30,6 +30,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from mimicmotion.errors import ConfigError
+from mimicmotion.models.pose_net import vae_downscale
 from mimicmotion.tiling import effective_tile_size, fuse_tile_outputs, tile_plan, tile_weights, validate_tiling
 
 # The release's defaults (inference config of MimicMotion 1.1).
@@ -137,7 +138,7 @@ class MimicMotionPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
                               feature_extractor=feature_extractor, pose_net=pose_net)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_downscale(self.vae.config)
         pose_downscale = getattr(pose_net, "downscale", self.vae_scale_factor)
         if pose_downscale != self.vae_scale_factor:
             raise ConfigError(f"the PoseNet downsamples pose images by {pose_downscale} but the VAE's latents are "

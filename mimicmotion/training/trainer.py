@@ -410,7 +410,7 @@ def prepare_modules(components: dict, config: TrainConfig, device=None) -> Train
         unet.enable_gradient_checkpointing()
     unet.train()
     pose_net.train()
-    multiple = 8 * 2 ** (len(unet.config.block_out_channels) - 1)
+    multiple = vae_downscale(vae.config) * 2 ** (len(unet.config.block_out_channels) - 1)
     if config.height % multiple or config.width % multiple:
         raise ConfigError(f"height and width must be multiples of {multiple} for this UNet (got "
                           f"{config.width}x{config.height}); e.g. 576x1024")
@@ -1228,20 +1228,21 @@ def train(config: TrainConfig, *, run_dir, catalog_root=None, clip_ids: Optional
     modules = prepare_modules(components, config, device)
     if modules.device.type == "cuda":
         torch.cuda.set_device(modules.device)  # all_gather_object over NCCL uses the current device
+    latent_factor = vae_downscale(modules.vae.config)
     if dataset is None:
         if catalog_root is None or not clip_ids:
             raise ConfigError("pass a catalog and the training clip ids (select_clips), or a dataset")
         dataset = TrainingClips(catalog_root, list(clip_ids), num_frames=config.num_frames, height=config.height,
                                 width=config.width, seed=config.seed, rank=rank, world_size=world_size,
                                 reference=config.reference, hand_threshold=config.hand_threshold,
-                                hand_margin=config.hand_margin, latent_factor=vae_downscale(modules.vae.config))
+                                hand_margin=config.hand_margin, latent_factor=latent_factor)
     if validation_items is None:
         validation_items = []
         if config.validate_every and validation_clip_ids and rank == 0:
             held_out = TrainingClips(catalog_root, list(validation_clip_ids), num_frames=config.num_frames,
                                      height=config.height, width=config.width, seed=config.seed, reference="first",
                                      hand_threshold=config.hand_threshold, hand_margin=config.hand_margin,
-                                     latent_factor=vae_downscale(modules.vae.config))
+                                     latent_factor=latent_factor)
             validation_items = [held_out[i] for i in range(len(held_out))]
 
     seed = rank_seed(config.seed, rank)
