@@ -65,7 +65,10 @@ DEMO_CLIP_CONFIG = dict(TINY_CLIP_CONFIG)
 DEMO_TRAIN_CONFIG = dict(
     num_frames=DEMO_TILE_SIZE - 1, height=DEMO_HEIGHT, width=DEMO_WIDTH, batch_size=1, lr=2e-4, warmup_steps=100,
     log_sigma_mean=0.7, log_sigma_std=1.6, checkpoint_every=200, keep_checkpoints=2, validate_every=0,
-    ema_decay=None, latent_cache_frames=8192,  # every training frame's posterior stays in memory (~100 MB)
+    # Every frame a training item can hold stays encoded: 256 clips x 48 frames (the window's 24 and the
+    # video's other pose frames, any of which can be the reference) = 12288 posteriors, ~150 MB per worker for
+    # the 8x VAE, ~600 MB for the 4x one; kept on disk too, so a resumed run does not encode them again.
+    ema_decay=None, latent_cache_frames=16384, persist_latent_cache=True,
 )
 
 # Component seeds are offsets of the caller's seed (the same component whatever else is built).

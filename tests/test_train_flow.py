@@ -133,7 +133,8 @@ def test_two_ray_workers_survive_a_killed_worker_and_learn(catalog, model, tmp_p
     killer.start()
     try:
         summary = train(catalog=str(catalog), base_model=str(base), checkpoint=str(checkpoint), run_dir=str(run),
-                        workers=2, steps=10, batch_size=1, config=CONFIG, validation_clips=1,
+                        workers=2, steps=10, batch_size=1, validation_clips=1,
+                        config=dict(CONFIG, latent_cache_frames=64, persist_latent_cache=True),
                         query_params={"min_frames": F}, max_failures=1, torch_threads=1)
     finally:
         killer.stop.set()
@@ -161,6 +162,8 @@ def test_two_ray_workers_survive_a_killed_worker_and_learn(catalog, model, tmp_p
         assert Path(v["video"]).is_file() and v["psnr"] > 0 and 0 < v["ssim"] <= 1
     assert Path(summary["loss_curve"]).is_file()
     assert sorted(p.name for p in run.glob("ckpt-*")) == ["ckpt-000006", "ckpt-000008", "ckpt-000010"]
+    # both ranks kept the frames they encoded (read by the other rank at each checkpoint and after the kill)
+    assert {p.name.split("-")[0] for p in (run / "latent_cache").glob("*.safetensors")} == {"rank0", "rank1"}
     artifact = Artifact.get("train-summary")
     assert artifact is not None
     assert summary["model"] in artifact.data and summary["loss_curve"] in artifact.data

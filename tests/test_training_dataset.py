@@ -253,6 +253,17 @@ def test_shards_seeds_and_epochs(catalog):
     assert {other_seed[i]["clip_id"]: other_seed[i]["source_frames"].tolist() for i in range(4)} != windows[0]
 
 
+def test_frames_digest_names_the_frames_not_the_shard(catalog):
+    root, _, clips = catalog
+    ids = sorted(clips)
+    digest = make(root, ids).frames_digest()
+    assert len(digest) == 64
+    # the same frames whatever the rank, seed or input order (a persisted latent cache is shared by the ranks)
+    assert make(root, ids[::-1], seed=5, rank=1, world_size=2).frames_digest() == digest
+    assert make(root, ids[:2]).frames_digest() != digest  # other clips
+    assert TrainingClips(root, ids, num_frames=F, height=2 * H, width=2 * W).frames_digest() != digest  # other size
+
+
 def test_set_epoch_reaches_persistent_workers_and_collate(catalog):
     root, _, clips = catalog
     data = make(root, sorted(clips), seed=3)

@@ -260,6 +260,90 @@ def test_latent_cache_gives_the_same_latents_and_losses():
     assert config_differences(config().to_dict(), config(latent_cache_frames=64)) == []
 
 
+class CountingVAE(torch.nn.Module):
+    """A VAE that counts the frames it encodes (the latent cache's misses)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae, self.config, self.dtype, self.encoded = vae, vae.config, vae.dtype, 0
+
+    def encode(self, frames):
+        self.encoded += frames.shape[0]
+        return self.vae.encode(frames)
+
+
+def test_latent_cache_saves_and_loads_what_it_encoded(tmp_path, caplog):
+    vae = CountingVAE(prepare_modules(tiny_components(0), config(), "cpu").vae)
+    frames = torch.rand((6, 3, H, W)) * 2 - 1
+    keys = [("clip a", k) for k in range(3)] + [("clip|b", k) for k in range(3)]
+    identity = {"vae": tr.module_digest(vae.vae), "size": f"{H}x{W}"}
+    cache = LatentCache(max_frames=10)
+    mean, std = cache.posteriors(vae, frames[:4], keys[:4], 3)
+    assert cache.save(tmp_path / "a.safetensors", identity) == 4
+    assert cache.save(tmp_path / "empty.safetensors", identity) == 0  # nothing new: no file
+    cache.posteriors(vae, frames, keys, 3)  # two more frames encoded, four from memory
+    assert vae.encoded == 6 and cache.save(tmp_path / "b.safetensors", identity) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"]
+
+    fresh = LatentCache(max_frames=10)
+    assert fresh.load(tmp_path, identity) == 6
+    again_mean, again_std = fresh.posteriors(vae, frames[:4], keys[:4], 3)
+    assert vae.encoded == 6 and fresh.hits == 4  # nothing encoded again
+    assert torch.equal(again_mean, mean) and torch.equal(again_std, std)
+    assert fresh.save(tmp_path / "c.safetensors", identity) == 0  # loaded frames are not written again
+    assert LatentCache(max_frames=5).load(tmp_path, identity) == 5  # room for 5
+
+    # another VAE's (or other frames') posteriors are not used; a damaged file is skipped with a warning
+    other = {**identity, "vae": tr.module_digest(prepare_modules(tiny_components(1), config(), "cpu").vae)}
+    assert other["vae"] != identity["vae"]
+    (tmp_path / "d.safetensors").write_bytes(b"not a safetensors file")
+    with caplog.at_level("WARNING", logger="mimicmotion.training.trainer"):
+        assert LatentCache(max_frames=10).load(tmp_path, other) == 0
+        assert LatentCache(max_frames=10).load(tmp_path, identity) == 6
+    assert "another VAE or other frames" in caplog.text and "d.safetensors is unreadable" in caplog.text
+    assert LatentCache(max_frames=10).load(tmp_path / "missing", identity) == 0
+    # two ranks: each picks up what the other wrote since, and reads no file twice
+    rank0, rank1 = LatentCache(max_frames=10), LatentCache(max_frames=10)
+    rank0.posteriors(vae, frames[:2], keys[:2], 3)
+    rank1.posteriors(vae, frames[1:3], keys[1:3], 3)
+    rank0.save(tmp_path / "ranks" / "rank0.safetensors", identity)
+    rank1.save(tmp_path / "ranks" / "rank1.safetensors", identity)
+    assert rank0.load(tmp_path / "ranks", identity) == 1 and rank1.load(tmp_path / "ranks", identity) == 1
+    assert len(rank0) == len(rank1) == 3 and rank0.load(tmp_path / "ranks", identity) == 0
+    with pytest.raises(ConfigError, match="set latent_cache_frames > 0"):
+        config(persist_latent_cache=True)
+    with pytest.raises(ConfigError, match="persist_latent_cache must be true or false"):
+        config(latent_cache_frames=8, persist_latent_cache="yes")
+    assert config_differences(config().to_dict(), config(latent_cache_frames=8, persist_latent_cache=True)) == []
+
+
+def test_a_resumed_run_starts_with_the_persisted_latents(tmp_path, caplog):
+    items = [make_item(k) for k in range(4)]
+    cfg = config(steps=4, latent_cache_frames=64, persist_latent_cache=True)
+    whole = train(cfg, run_dir=tmp_path / "whole", components=tiny_components(0), dataset=ListDataset(items))
+
+    def crash_at_3(metrics):
+        if metrics["step"] == 3:
+            raise RuntimeError("crash")
+
+    run = tmp_path / "crashed"
+    with pytest.raises(RuntimeError):
+        train(cfg, run_dir=run, components=tiny_components(0), dataset=ListDataset(items), report=crash_at_3)
+    # the checkpoint at step 2 wrote the frames of its 2 batches of 2 items (1 + F frames each)
+    assert [p.name for p in (run / tr.LATENT_CACHE_DIR).iterdir()] == ["rank0-step00000002.safetensors"]
+    with caplog.at_level("INFO", logger="mimicmotion.training.trainer"):
+        resumed = train(cfg, run_dir=run, components=tiny_components(0), dataset=ListDataset(items))
+    assert f"latent cache starts with {4 * (1 + F)} frame(s)" in caplog.text
+    a, b = weights(whole.checkpoint / MODEL_FILE), weights(resumed.checkpoint / MODEL_FILE)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the loaded posteriors are the encoded ones, bit for bit
+    # another VAE in the same folder does not use them
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mimicmotion.training.trainer"):
+        train(dataclasses.replace(cfg, steps=5), run_dir=run, components=dict(
+            tiny_components(0), vae=tiny_components(1)["vae"]), dataset=ListDataset(items))
+    assert "latent cache starts with 0 frame(s)" in caplog.text and "another VAE" in caplog.text
+
+
 def test_loss_goes_down_on_a_fixed_batch():
     cfg = config(lr=2e-3, warmup_steps=0, condition_dropout=0.0)
     modules = prepare_modules(tiny_components(0), cfg, "cpu")
@@ -519,3 +603,15 @@ def test_train_cli_passes_the_lr_schedule_options():
                                       "--warmup-steps", "10", "--decay-steps", "300", "--steps", "900"])
     assert config_overrides(args) == {"warmup_steps": 10, "decay_steps": 300}
     assert TrainConfig.from_dict(dict(config_overrides(args), steps=args.steps)).validate().decay_steps == 300
+
+
+def test_train_cli_passes_the_latent_cache_options():
+    from mimicmotion.cli import build_parser
+    from mimicmotion.training.cli import config_overrides
+
+    base = ["train", "--catalog", "c", "--base-model", "b", "--run-dir", "r"]
+    args = build_parser().parse_args(base + ["--latent-cache-frames", "4096", "--persist-latent-cache"])
+    assert config_overrides(args) == {"latent_cache_frames": 4096, "persist_latent_cache": True}
+    assert config_overrides(build_parser().parse_args(base)) == {}
+    with pytest.raises(ConfigError, match="set latent_cache_frames > 0"):
+        TrainConfig.from_dict(config_overrides(build_parser().parse_args(base + ["--persist-latent-cache"]))).validate()

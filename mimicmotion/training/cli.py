@@ -17,7 +17,7 @@ CONFIG_OPTIONS = (
     "lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip", "mixed_precision", "optimizer", "trainable",
     "ema_decay", "num_frames", "height", "width", "reference", "seed", "checkpoint_every", "keep_checkpoints",
     "validate_every", "validation_steps", "condition_dropout", "noise_aug", "hand_weight", "hand_threshold",
-    "log_sigma_mean", "log_sigma_std", "data_workers",
+    "log_sigma_mean", "log_sigma_std", "data_workers", "latent_cache_frames",
 )
 
 
@@ -49,6 +49,8 @@ def config_overrides(args) -> dict:
             values[name] = value
     if args.gradient_checkpointing:
         values["gradient_checkpointing"] = True
+    if args.persist_latent_cache:
+        values["persist_latent_cache"] = True
     return values
 
 
@@ -131,6 +133,10 @@ def add_train_command(subparsers) -> None:
     t.add_argument("--log-sigma-mean", type=float, default=None)
     t.add_argument("--log-sigma-std", type=float, default=None)
     t.add_argument("--data-workers", type=int, default=None, help="DataLoader processes per worker (default: 0)")
+    t.add_argument("--latent-cache-frames", type=int, default=None,
+                   help="frames whose VAE posterior each worker keeps in memory (default: 0 = encode every step)")
+    t.add_argument("--persist-latent-cache", action="store_true",
+                   help="also keep the cached posteriors in the run folder, so a resumed run does not encode again")
     t.add_argument("--config", default=None, help="JSON file of TrainConfig fields (options given here win)")
     t.add_argument("--query", default="training_clips", help="named catalog query choosing the clips")
     t.add_argument("--param", action="append", metavar="KEY=VALUE", help="parameter of the named query or SQL")

@@ -24,6 +24,7 @@ reaches DataLoader workers, persistent ones included (call it before iterating t
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -271,6 +272,13 @@ class TrainingClips(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self._order)  # the same for every epoch
+
+    def frames_digest(self) -> str:
+        """SHA-256 of what decides a (clip id, source frame)'s pixels: each clip's video (path, size), crop and
+        the training size. A persisted latent cache is valid only for the same digest."""
+        rows = [(c.clip_id, c.source_path, c.size_bytes, [float(v) for v in c.crop]) for c in self._clips]
+        text = json.dumps({"size": [self.height, self.width], "clips": sorted(rows)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @property
     def clip_ids(self) -> list[str]:

@@ -66,6 +66,7 @@ CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{6,})$")
 MODEL_FILE = "model.safetensors"  # what load_pipeline reads: EMA weights when EMA is on
 RAW_MODEL_FILE = "model_raw.safetensors"  # the optimised (non-EMA) weights, only when EMA is on
 STATE_FILE = "train_state.pt"
+LATENT_CACHE_DIR = "latent_cache"  # persisted VAE posteriors (persist_latent_cache)
 STATE_FORMAT = 1
 METRICS_FILE = "metrics.csv"
 VALIDATION_FILE = "validation.csv"
@@ -77,7 +78,8 @@ VALIDATION_COLUMNS = ("step", "psnr", "ssim", "video")
 
 # Settings a resumed run may change (they do not alter what a step computes); anything else must match.
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_steps",
-                     "validation_fps", "log_every", "data_workers", "latent_cache_frames")
+                     "validation_fps", "log_every", "data_workers", "latent_cache_frames",
+                     "persist_latent_cache")
 
 
 # ================================================================================================ config
@@ -130,6 +132,10 @@ class TrainConfig:
     # frozen, so a revisited frame is not encoded again; the posterior sample is drawn as without the cache.
     # 0 = encode every step. Memory: 2 x 4 x (H/8) x (W/8) x 4 bytes per frame (1.2 MB at 1024x576).
     latent_cache_frames: int = 0
+    # Also keep the cached posteriors on disk (``<run>/latent_cache/``): each rank writes the frames it encoded
+    # since the last checkpoint at each checkpoint, and a resumed run (every rank) starts with all of them, so
+    # a restart does not encode the dataset again. Valid only for the same VAE weights and frames (checked).
+    persist_latent_cache: bool = False
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError naming the first bad field and what it accepts; returns self."""
@@ -207,6 +213,11 @@ class TrainConfig:
         integer("data_workers", 0)
         integer("vae_encode_chunk", 1)
         integer("latent_cache_frames", 0)
+        if not isinstance(self.persist_latent_cache, bool):
+            raise ConfigError(f"persist_latent_cache must be true or false, got {self.persist_latent_cache!r}")
+        if self.persist_latent_cache and not self.latent_cache_frames:
+            raise ConfigError("persist_latent_cache needs the in-memory cache: set latent_cache_frames > 0 (e.g. the "
+                              "number of distinct frames the clips and their references cover)")
         return self
 
     def to_dict(self) -> dict:
@@ -465,6 +476,8 @@ class LatentCache:
             raise ConfigError(f"a latent cache needs max_frames >= 1, got {max_frames!r}")
         self.max_frames = int(max_frames)
         self._posteriors: dict = {}
+        self._unsaved: list = []  # keys encoded since the last save()
+        self._read: set = set()  # files load() has read (or written: save()) already
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
@@ -485,8 +498,86 @@ class LatentCache:
         for key, value in fresh.items():
             if len(self._posteriors) < self.max_frames:
                 self._posteriors[key] = value
+                self._unsaved.append(key)
         pairs = [self._posteriors.get(key) or fresh[key] for key in keys]
         return torch.stack([m for m, _ in pairs]), torch.stack([s for _, s in pairs])
+
+    def save(self, path, identity: dict) -> int:
+        """Write the posteriors cached since the last save to the safetensors file ``path`` (atomically;
+        nothing when there are none), tagged with ``identity`` (str -> str: what they are valid for).
+        Returns how many were written."""
+        from safetensors.torch import save_file
+
+        if not self._unsaved:
+            return 0
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for i, key in enumerate(self._unsaved):
+            mean, std = self._posteriors[key]
+            tensors[f"{i}.mean"] = mean.detach().cpu().contiguous()
+            tensors[f"{i}.std"] = std.detach().cpu().contiguous()
+        metadata = {**identity, "keys": json.dumps([[clip, int(frame)] for clip, frame in self._unsaved])}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+        self._read.add(path.resolve())
+        count, self._unsaved = len(self._unsaved), []
+        return count
+
+    def load(self, folder, identity: dict, device=None) -> int:
+        """Add the posteriors of every ``*.safetensors`` file in ``folder`` written with the same ``identity``
+        (others are skipped with a warning: another VAE or other frames), while there is room; a file read or
+        written before is not read again. Returns how many were added."""
+        from safetensors import SafetensorError, safe_open
+
+        folder = Path(folder)
+        added, foreign = 0, []
+        for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            if len(self._posteriors) >= self.max_frames:
+                break
+            if path.resolve() in self._read:
+                continue
+            self._read.add(path.resolve())
+            try:
+                with safe_open(str(path), framework="pt", device="cpu") as handle:
+                    metadata = handle.metadata() or {}
+                    if any(metadata.get(k) != v for k, v in identity.items()):
+                        foreign.append(path.name)
+                        continue
+                    for i, (clip, frame) in enumerate(json.loads(metadata["keys"])):
+                        key = (clip, int(frame))
+                        if key in self._posteriors or len(self._posteriors) >= self.max_frames:
+                            continue
+                        self._posteriors[key] = (handle.get_tensor(f"{i}.mean").to(device),
+                                                 handle.get_tensor(f"{i}.std").to(device))
+                        added += 1
+            except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:  # damaged: encode again
+                log.warning("latent cache file %s is unreadable (%s); its frames will be encoded again", path, error)
+        if foreign:
+            log.warning("latent cache: %d file(s) in %s were written for another VAE or other frames and are not "
+                        "used (%s); delete them to free the space", len(foreign), folder, ", ".join(foreign[:3]))
+        return added
+
+
+def module_digest(module: nn.Module) -> str:
+    """SHA-256 over a module's parameter and buffer names, dtypes, shapes and bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def latent_cache_identity(vae: nn.Module, dataset, config: TrainConfig) -> dict:
+    """What persisted posteriors are valid for: the VAE's weights and dtype, the training size, and the
+    dataset's frames when it can say (``frames_digest()``, as TrainingClips does)."""
+    frames = dataset.frames_digest() if callable(getattr(dataset, "frames_digest", None)) else "unknown"
+    return {"format": "1", "vae": module_digest(vae), "vae_dtype": str(next(vae.parameters()).dtype),
+            "size": f"{config.height}x{config.width}", "frames": frames}
 
 
 def frame_keys(batch: dict) -> list:
@@ -1265,6 +1356,15 @@ def train(config: TrainConfig, *, run_dir, catalog_root=None, clip_ids: Optional
         resumed_from = trainer.step
         log.info("rank %d: resuming %s from %s (step %d)", rank, run, checkpoint.name, trainer.step)
     stream = BatchStream(dataset, config.batch_size, collate, config.data_workers, **data_state)
+    cache_folder = cache_identity = None
+    if config.persist_latent_cache:
+        cache_folder = run / LATENT_CACHE_DIR
+        cache_identity = latent_cache_identity(modules.vae, dataset, config)
+        if rank == 0 and cache_folder.is_dir():
+            for stale in cache_folder.glob(".*.tmp-*"):
+                stale.unlink(missing_ok=True)
+        loaded = modules.latent_cache.load(cache_folder, cache_identity, modules.device)
+        log.info("rank %d: latent cache starts with %d frame(s) from %s", rank, loaded, cache_folder)
 
     metrics_path = run / METRICS_FILE
     if rank == 0:
@@ -1300,6 +1400,8 @@ def train(config: TrainConfig, *, run_dir, catalog_root=None, clip_ids: Optional
                      result["video"])
         is_checkpoint = step % config.checkpoint_every == 0 or step == config.steps
         if is_checkpoint:
+            if cache_folder is not None:
+                modules.latent_cache.save(cache_folder / f"rank{rank}-step{step:08d}.safetensors", cache_identity)
             rank_states = _gather(trainer.rank_state(stream.state()), world_size)
             if rank == 0:
                 folder = save_training_checkpoint(run, modules, trainer, rank_states, keep=config.keep_checkpoints)
@@ -1307,6 +1409,8 @@ def train(config: TrainConfig, *, run_dir, catalog_root=None, clip_ids: Optional
                 log.info("step %d: loss %.4f, checkpoint %s", step, row["loss"], folder)
             if world_size > 1:
                 torch.distributed.barrier()
+                if cache_folder is not None:  # what the other ranks encoded since the last checkpoint
+                    modules.latent_cache.load(cache_folder, cache_identity, modules.device)
         if report is not None and (step % config.log_every == 0 or is_checkpoint):
             report(row)
     final = latest_checkpoint(run)
