@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -130,7 +131,8 @@ class TrainConfig:
     vae_encode_chunk: int = 8  # frames per VAE encoder call
     # Frames whose VAE posterior (mean, std) each rank keeps, keyed by clip and source frame: the VAE is
     # frozen, so a revisited frame is not encoded again; the posterior sample is drawn as without the cache.
-    # 0 = encode every step. Memory: 2 x 4 x (H/8) x (W/8) x 4 bytes per frame (1.2 MB at 1024x576).
+    # 0 = encode every step. Memory: 2 x 4 x (H/f) x (W/f) x 4 bytes per frame for a VAE downsampling by f
+    # (SVD's 8: 1.2 MB at 1024x576).
     latent_cache_frames: int = 0
     # Also keep the cached posteriors on disk (``<run>/latent_cache/``): each rank writes the frames it encoded
     # since the last checkpoint at each checkpoint, and a resumed run (every rank) starts with all of them, so
@@ -562,8 +564,6 @@ class LatentCache:
 
 def module_digest(module: nn.Module) -> str:
     """SHA-256 over a module's parameter and buffer names, dtypes, shapes and bytes."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
