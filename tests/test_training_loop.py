@@ -331,9 +331,11 @@ def test_a_resumed_run_starts_with_the_persisted_latents(tmp_path, caplog):
         train(cfg, run_dir=run, components=tiny_components(0), dataset=ListDataset(items), report=crash_at_3)
     # the checkpoint at step 2 wrote the frames of its 2 batches of 2 items (1 + F frames each)
     assert [p.name for p in (run / tr.LATENT_CACHE_DIR).iterdir()] == ["rank0-step00000002.safetensors"]
+    (run / tr.LATENT_CACHE_DIR / ".rank0-step00000004.safetensors.tmp-1").write_bytes(b"half written")
     with caplog.at_level("INFO", logger="mimicmotion.training.trainer"):
         resumed = train(cfg, run_dir=run, components=tiny_components(0), dataset=ListDataset(items))
     assert f"latent cache starts with {4 * (1 + F)} frame(s)" in caplog.text
+    assert not list((run / tr.LATENT_CACHE_DIR).glob(".*"))  # the half-written file is gone
     a, b = weights(whole.checkpoint / MODEL_FILE), weights(resumed.checkpoint / MODEL_FILE)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the loaded posteriors are the encoded ones, bit for bit
     # another VAE in the same folder does not use them

@@ -538,9 +538,10 @@ class LatentCache:
         for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
             if len(self._posteriors) >= self.max_frames:
                 break
-            if path.resolve() in self._read:
+            path = path.resolve()
+            if path in self._read:
                 continue
-            self._read.add(path.resolve())
+            self._read.add(path)
             try:
                 with safe_open(str(path), framework="pt", device="cpu") as handle:
                     metadata = handle.metadata() or {}
@@ -890,7 +891,9 @@ def latest_checkpoint(run_dir) -> Optional[Path]:
 
 def remove_stale_temporaries(run_dir) -> None:
     """Clean up after a writer killed mid-checkpoint (called before a run starts): half-written folders
-    are deleted; a replaced checkpoint whose replacement never arrived is put back."""
+    and latent-cache files are deleted; a replaced checkpoint whose replacement never arrived is put back."""
+    for stale in (Path(run_dir) / LATENT_CACHE_DIR).glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)
     for entry in sorted(Path(run_dir).iterdir()):
         if not entry.name.startswith(f".{CHECKPOINT_PREFIX}"):
             continue
@@ -1360,9 +1363,6 @@ def train(config: TrainConfig, *, run_dir, catalog_root=None, clip_ids: Optional
     if config.persist_latent_cache:
         cache_folder = run / LATENT_CACHE_DIR
         cache_identity = latent_cache_identity(modules.vae, dataset, config)
-        if rank == 0 and cache_folder.is_dir():
-            for stale in cache_folder.glob(".*.tmp-*"):
-                stale.unlink(missing_ok=True)
         loaded = modules.latent_cache.load(cache_folder, cache_identity, modules.device)
         log.info("rank %d: latent cache starts with %d frame(s) from %s", rank, loaded, cache_folder)
 
