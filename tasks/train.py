@@ -12,6 +12,8 @@ Plain functions first (testable without Prefect running), then their task wrappe
 from __future__ import annotations
 
 import math
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,6 +29,8 @@ from mimicmotion.training.trainer import (LOSS_CURVE_FILE, METRICS_FILE, MODEL_F
 SUMMARY_ARTIFACT_KEY = "train-summary"
 RAY_RUN_NAME = "ray-train"  # Ray Train's own run folder inside the run folder
 TABLE_ROWS = 10  # metric rows shown in the markdown artifact
+PROGRESS_SECONDS = 60.0  # how often the fit task logs the run's progress
+PROGRESS_WINDOW = 50  # steps the logged loss and pace are averaged over
 
 
 @dataclass
@@ -233,6 +237,84 @@ def summary_markdown(summary: TrainSummary, rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- progress
+def _duration(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def progress_line(rows: Sequence[dict], steps: int, *, since: float = 0.0, window: int = PROGRESS_WINDOW) -> str:
+    """One line on a run's progress from its metric rows (metrics.csv): the step, the mean loss of the last
+    ``window`` steps, and the pace and time to go from the rows written after ``since`` (a wall time: the pace
+    of this run, not of an earlier one that was resumed). Rows that cannot be read (one being written) are
+    skipped; an empty string when there is no row yet."""
+    parsed = []
+    for row in rows:
+        try:
+            parsed.append((int(row["step"]), float(row["loss"]), float(row["wall_time"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    if not parsed:
+        return ""
+    step = parsed[-1][0]
+    recent = parsed[-window:]
+    losses = [loss for _, loss, _ in recent if math.isfinite(loss)]
+    line = f"step {step} of {steps} ({100 * step / steps:.1f} %)"
+    if losses:
+        line += f", loss {sum(losses) / len(losses):.4f} (mean of the last {_count(len(recent), 'step')})"
+    timed = [(s, t) for s, _, t in recent if t >= since]
+    if len(timed) >= 2 and timed[-1][0] > timed[0][0]:
+        pace = (timed[-1][1] - timed[0][1]) / (timed[-1][0] - timed[0][0])
+        line += f", {pace:.2f} s a step"
+        if step < steps:
+            line += f", about {_duration(pace * (steps - step))} to go"
+    return line
+
+
+class ProgressLog:
+    """While fitting, logs ``progress_line`` of the run folder's metrics every ``seconds`` (when the step has
+    moved). It reads the file rank 0 writes, so it works the same in-process and with Ray workers, whose own
+    output does not reach this process."""
+
+    def __init__(self, run_dir, steps: int, log, seconds: Optional[float] = None):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.steps = steps
+        self.log = log
+        self.seconds = PROGRESS_SECONDS if seconds is None else seconds
+        self.since = time.time()
+        self.last_step = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="train-progress", daemon=True)
+
+    def poll(self) -> None:
+        rows = read_csv_rows(self.path)
+        if not rows or rows[-1].get("step") == self.last_step:
+            return
+        line = progress_line(rows, self.steps, since=self.since)
+        if line:
+            self.last_step = rows[-1].get("step")
+            self.log(line)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            try:
+                self.poll()
+            except OSError:  # the file is being replaced (a resumed run trims it): try again next time
+                continue
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 # ---------------------------------------------------------------------------------------------- tasks
 @task(name="check-train-inputs", cache_policy=NO_CACHE)
 def check_inputs_task(config: TrainConfig, **kwargs) -> None:
@@ -258,11 +340,12 @@ def fit_task(config: TrainConfig, job: TrainJob, *, use_ray: bool, workers: int,
     resumed_from = int(previous.name.split("-")[1]) if previous is not None else None
     if resumed_from is not None:
         logger.info("resuming %s from %s", job.run_dir, previous.name)
-    if use_ray:
-        fit_with_ray(config, job, workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
-                     max_failures=max_failures, ray_address=ray_address, torch_threads=torch_threads)
-    else:
-        fit_in_process(config, job, device=device)
+    with ProgressLog(job.run_dir, config.steps, logger.info):
+        if use_ray:
+            fit_with_ray(config, job, workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker,
+                         max_failures=max_failures, ray_address=ray_address, torch_threads=torch_threads)
+        else:
+            fit_in_process(config, job, device=device)
     return resumed_from
 
 

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import csv
 import io
+import logging
 import os
 import signal
 import sys
@@ -121,9 +122,19 @@ class WorkerKiller(threading.Thread):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the Ray workers through /proc")
-def test_two_ray_workers_survive_a_killed_worker_and_learn(catalog, model, tmp_path):
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_two_ray_workers_survive_a_killed_worker_and_learn(catalog, model, tmp_path, monkeypatch):
     from prefect.artifacts import Artifact
 
+    import tasks.train
     from flows.train import train
     from mimicmotion.training.dataset import select_clips
 
@@ -131,6 +142,9 @@ def test_two_ray_workers_survive_a_killed_worker_and_learn(catalog, model, tmp_p
     run = tmp_path / "run"
     killer = WorkerKiller(run / "metrics.csv", after_step=3)
     killer.start()
+    monkeypatch.setattr(tasks.train, "PROGRESS_SECONDS", 0.5)
+    task_log = Lines()
+    logging.getLogger("prefect.task_runs").addHandler(task_log)
     try:
         summary = train(catalog=str(catalog), base_model=str(base), checkpoint=str(checkpoint), run_dir=str(run),
                         workers=2, steps=10, batch_size=1, validation_clips=1,
@@ -139,8 +153,12 @@ def test_two_ray_workers_survive_a_killed_worker_and_learn(catalog, model, tmp_p
     finally:
         killer.stop.set()
         killer.join()
+        logging.getLogger("prefect.task_runs").removeHandler(task_log)
 
     assert killer.killed is not None and len(killer.seen) > 2, "no worker was killed and restarted"
+    # the workers' progress reached the fit task's log (their own output does not reach this process)
+    progress = [line for line in task_log.lines if line.startswith("step ")]
+    assert progress and all(" of 10 (" in line and ", loss " in line for line in progress), task_log.lines
     assert summary["backend"] == "ray" and summary["workers"] == 2 and summary["step"] == 10
     assert (summary["clips"], summary["validation_clips"]) == (3, 1)
     rows = list(csv.DictReader(open(run / "metrics.csv")))

@@ -408,8 +408,11 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path):
     items = [make_item(k, hands=k % 2 == 0) for k in range(5)]  # 2 batches per epoch: epochs roll over
     cfg = config(steps=6, ema_decay=0.9, keep_checkpoints=2, warmup_steps=8)  # resumed mid warm-up
 
-    whole = train(cfg, run_dir=tmp_path / "whole", components=tiny_components(0), dataset=ListDataset(items))
+    reported = []
+    whole = train(dataclasses.replace(cfg, log_every=3), run_dir=tmp_path / "whole", components=tiny_components(0),
+                  dataset=ListDataset(items), report=lambda metrics: reported.append(metrics["step"]))
     assert whole.step == 6 and whole.resumed_from is None
+    assert reported == [2, 3, 4, 6]  # every log_every steps and at every checkpoint
 
     class Crash(Exception):
         pass
@@ -422,7 +425,9 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path):
     with pytest.raises(Crash):
         train(cfg, run_dir=run, components=tiny_components(0), dataset=ListDataset(items), report=crash_at_5)
     assert latest_checkpoint(run).name == "ckpt-000004"
-    resumed = train(cfg, run_dir=run, components=tiny_components(0), dataset=ListDataset(items))
+    # resumed with a loader process (a resumable change: the items do not depend on who reads them)
+    resumed = train(dataclasses.replace(cfg, data_workers=1), run_dir=run, components=tiny_components(0),
+                    dataset=ListDataset(items))
     assert resumed.resumed_from == 4 and resumed.step == 6
 
     for name in (MODEL_FILE, RAW_MODEL_FILE):
