@@ -69,7 +69,7 @@ DEMO_TRAIN_CONFIG = dict(
     # video's other pose frames, any of which can be the reference) = 12288 posteriors, ~150 MB per worker for
     # the 8x VAE, ~600 MB for the 4x one; kept on disk too, so a resumed run does not encode them again.
     ema_decay=None, latent_cache_frames=16384, persist_latent_cache=True,
-    # Ray Train's report is a barrier across the workers: once per step it cost ~0.8 s of a 2 s step on CPU.
+    # Ray Train's report is a barrier across the workers: once per step it cost ~0.6 s of a 2 s step on CPU.
     log_every=50,
     # One loader process per worker decodes the next item while the step runs.
     data_workers=1,

@@ -11,6 +11,7 @@ Plain functions first (testable without Prefect running), then their task wrappe
 """
 from __future__ import annotations
 
+import csv
 import math
 import threading
 import time
@@ -303,7 +304,7 @@ class ProgressLog:
         while not self._stop.wait(self.seconds):
             try:
                 self.poll()
-            except OSError:  # the file is being replaced (a resumed run trims it): try again next time
+            except (OSError, csv.Error):  # the file is being replaced (a resumed run trims it): next time
                 continue
 
     def __enter__(self):
