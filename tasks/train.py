@@ -254,7 +254,7 @@ def progress_line(rows: Sequence[dict], steps: int, *, since: float = 0.0, windo
     of this run, not of an earlier one that was resumed). Rows that cannot be read (one being written) are
     skipped; an empty string when there is no row yet."""
     parsed = []
-    for row in rows:
+    for row in rows[-(window + 1):]:  # the last row may be one being written
         try:
             parsed.append((int(row["step"]), float(row["loss"]), float(row["wall_time"])))
         except (KeyError, TypeError, ValueError):

@@ -121,7 +121,6 @@ class WorkerKiller(threading.Thread):
             time.sleep(0.02)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the Ray workers through /proc")
 class Lines(logging.Handler):
     def __init__(self):
         super().__init__()
@@ -131,6 +130,7 @@ class Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the Ray workers through /proc")
 def test_two_ray_workers_survive_a_killed_worker_and_learn(catalog, model, tmp_path, monkeypatch):
     from prefect.artifacts import Artifact
 
