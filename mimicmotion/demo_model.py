@@ -480,18 +480,78 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
     return metrics
 
 
+PAIRS_MANIFEST = "pairs.json"
+
+
+def folder_digest(folder) -> str:
+    """SHA-256 over a folder's files (relative paths and bytes, sorted): which base model sampled the pairs."""
+    import hashlib
+
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def decoder_pairs_identity(base_dir, checkpoint, *, steps: int, guidance: float, max_frames: int, resolution: int,
+                           tile_size: int = DEMO_TILE_SIZE, tile_overlap: int = DEMO_TILE_OVERLAP) -> dict:
+    """What decides a decoder pair besides its clip and seed: the model's files and the sampling settings."""
+    return dict(base=folder_digest(base_dir), checkpoint=checkpoint_digest(checkpoint), steps=int(steps),
+                guidance=float(guidance), max_frames=int(max_frames), resolution=int(resolution),
+                tile_size=int(tile_size), tile_overlap=int(tile_overlap))
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def _set_aside_stale_pairs(out: Path, manifest: Optional[dict], log) -> None:
+    """Move pairs another model (or other settings) sampled into ``out/stale-<its checkpoint digest>/``: they
+    must not train this model's decoder, and nothing is deleted."""
+    old = (manifest or {}).get("identity", {}).get("checkpoint", "unknown")[:12]
+    stale = out / f"stale-{old}"
+    stale.mkdir(exist_ok=True)
+    for path in [*out.glob("*.npz"), out / PAIRS_MANIFEST]:
+        if path.is_file() and not path.name.startswith("."):
+            path.replace(stale / path.name)
+    if log is not None:
+        log(f"decoder pairs in {out} were sampled by another model or other settings; moved to {stale}")
+
+
 def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, steps: int, guidance: float,
                         seed: int = 0, max_frames: int = 24, resolution: int = DEMO_RESOLUTION,
                         log: Optional[Callable[[str], None]] = None, device: str = "cpu") -> Path:
     """Sample ``decoder_pair`` for each catalog clip into ``out_dir/<clip_id>.npz`` (one atomic file per clip,
-    seed ``seed`` + the clip's position; clips already written are kept, so a re-run resumes), with the
-    pipeline on ``device``. Returns ``out_dir``."""
+    seed ``seed`` + the clip's position), with the pipeline on ``device``. ``out_dir/pairs.json`` records the
+    model and settings (``decoder_pairs_identity``) and each clip's seed: a re-run with the same ones keeps the
+    clips already written (it resumes); pairs from another model or other settings (e.g. after more UNet
+    steps) are moved to ``out_dir/stale-<digest>/`` and sampled again. Returns ``out_dir``."""
     from mimicmotion.evaluation import clip_rows, load_eval_clip
     from mimicmotion.loading import load_pipeline
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [(i, c) for i, c in enumerate(clip_ids) if not (out / f"{c}.npz").is_file()]
+    identity = decoder_pairs_identity(base_dir, checkpoint, steps=steps, guidance=guidance, max_frames=max_frames,
+                                      resolution=resolution)
+    manifest_path = out / PAIRS_MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{manifest_path} is not a readable record of decoder pairs ({exc}); remove it and the "
+                          f"pairs beside it, or choose another folder") from exc
+    if (manifest or {}).get("identity") != identity and (manifest is not None or any(out.glob("*.npz"))):
+        _set_aside_stale_pairs(out, manifest, log)
+        manifest = None
+    manifest = dict(identity=identity, seeds=dict((manifest or {}).get("seeds", {})))
+    todo = [(i, c) for i, c in enumerate(clip_ids)
+            if not (out / f"{c}.npz").is_file() or manifest["seeds"].get(c) != seed + i]
+    _write_json_atomic(manifest_path, manifest)
     if not todo:
         return out
     rows = clip_rows(catalog, [c for _, c in todo])
@@ -503,6 +563,8 @@ def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, ste
         tmp = out / f".{clip_id}.tmp.npz"
         np.savez(tmp, **pair)
         tmp.replace(out / f"{clip_id}.npz")
+        manifest["seeds"][clip_id] = seed + i
+        _write_json_atomic(manifest_path, manifest)
         if log is not None:
             log(f"decoder pair {i + 1}/{len(clip_ids)}: {clip_id}")
     return out

@@ -693,3 +693,31 @@ def test_load_decoder_pairs_skips_partial_files(tmp_path):
                  frames=np.zeros((2, 8, 8, 3), np.uint8))
     pairs = dm.load_decoder_pairs(tmp_path)
     assert [float(p["latents"][0, 0, 0, 0]) for p in pairs] == [ord("a"), ord("b")]
+
+
+def test_decoder_pairs_of_unknown_origin_are_set_aside(tmp_path):
+    """Pairs written before pairs.json existed (or beside an unreadable one) are not trusted: they are moved to
+    stale-unknown/, and an unreadable record is an error that names the file."""
+    base, ckpt, out = tmp_path / "base", tmp_path / "model.safetensors", tmp_path / "pairs"
+    (base / "vae").mkdir(parents=True)
+    (base / "vae" / "config.json").write_text("{}")
+    ckpt.write_bytes(b"weights")
+    out.mkdir()
+    np.savez(out / "old.npz", latents=np.zeros((2, 4, 1, 1), np.float32), frames=np.zeros((2, 8, 8, 3), np.uint8))
+    messages = []
+    dm.write_decoder_pairs("unused-catalog", base, ckpt, [], out, steps=2, guidance=2.0, log=messages.append)
+    assert (out / "stale-unknown" / "old.npz").is_file() and not (out / "old.npz").exists()
+    assert "moved to" in messages[0]
+    manifest = json.loads((out / "pairs.json").read_text())
+    assert manifest["seeds"] == {} and manifest["identity"] == dm.decoder_pairs_identity(
+        base, ckpt, steps=2, guidance=2.0, max_frames=24, resolution=dm.DEMO_RESOLUTION)
+    # the same model and settings again: nothing moves
+    dm.write_decoder_pairs("unused-catalog", base, ckpt, [], out, steps=2, guidance=2.0, log=messages.append)
+    assert len(messages) == 1
+    # another base model (its files differ) gives another identity
+    (base / "vae" / "config.json").write_text('{"x": 1}')
+    assert dm.decoder_pairs_identity(base, ckpt, steps=2, guidance=2.0, max_frames=24,
+                                     resolution=128)["base"] != manifest["identity"]["base"]
+    (out / "pairs.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="pairs.json is not a readable record"):
+        dm.write_decoder_pairs("unused-catalog", base, ckpt, [], out, steps=2, guidance=2.0)

@@ -3,6 +3,7 @@ copy_reference baseline scored against exactly frames 1.. of the clip, blank_pos
 LPIPS / FID-VID / FVD from tiny feature networks, the markdown summary and artifact; then resume without
 re-rendering, the `evaluate` CLI (baseline only) and up-front errors."""
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -303,9 +304,32 @@ def test_decoder_pairs_are_the_latents_the_evaluation_decodes(catalog, model, tm
                                  tmp_path / "pairs", steps=1, guidance=1.0, seed=0, max_frames=6, resolution=64)
     (loaded,) = dm.load_decoder_pairs(out)
     assert loaded["latents"].shape == (7, 4, 8, 8) and np.array_equal(loaded["frames"], pair["frames"])
+    real_load = mimicmotion.loading.load_pipeline
     monkeypatch.setattr(mimicmotion.loading, "load_pipeline", lambda *a, **k: pytest.fail("pairs were resampled"))
     dm.write_decoder_pairs(catalog["root"], model["base_model"], model["checkpoint"], [clip_id], out, steps=1,
                            guidance=1.0, max_frames=6, resolution=64)
+    manifest = json.loads((out / "pairs.json").read_text())
+    assert manifest["seeds"] == {clip_id: 0} and manifest["identity"]["steps"] == 1
+
+    # another sampler setting (as another checkpoint would): the old pairs are set aside, not reused or lost
+    loads = []
+    monkeypatch.setattr(mimicmotion.loading, "load_pipeline", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    messages = []
+    dm.write_decoder_pairs(catalog["root"], model["base_model"], model["checkpoint"], [clip_id], out, steps=2,
+                           guidance=1.0, max_frames=6, resolution=64, log=messages.append)
+    stale = out / f"stale-{manifest['identity']['checkpoint'][:12]}"
+    assert loads == [1] and "moved to" in messages[0]
+    assert np.array_equal(np.load(stale / f"{clip_id}.npz")["latents"], loaded["latents"])
+    assert json.loads((stale / "pairs.json").read_text()) == manifest
+    assert json.loads((out / "pairs.json").read_text())["identity"]["steps"] == 2
+    (resampled,) = dm.load_decoder_pairs(out)
+    assert not np.array_equal(resampled["latents"], loaded["latents"])
+
+    # a clip whose recorded seed is not the one its position now gives is sampled again
+    dm.write_decoder_pairs(catalog["root"], model["base_model"], model["checkpoint"], [clip_id], out, steps=2,
+                           guidance=1.0, seed=3, max_frames=6, resolution=64)
+    assert loads == [1, 1] and json.loads((out / "pairs.json").read_text())["seeds"] == {clip_id: 3}
+    assert not (out / "stale-unknown").exists()
 
 
 def test_region_benchmark_splits_each_method_by_what_moved(catalog, model):
