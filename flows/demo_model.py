@@ -140,19 +140,30 @@ def sample_decoder_pairs_task(catalog: str, base_dir: str, checkpoint: str, out_
 def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int,
                        held_out_every: int = 16, device: str = "cpu") -> dict:
     """Adapt the VAE decoder to the sampled pairs (``dm.adapt_decoder``; every ``held_out_every``-th pair is
-    held out and scored) and save it with its metrics into ``out_dir`` in one rename; an ``out_dir`` saved by
-    an earlier run is kept."""
+    held out and scored) and save it with its metrics into ``out_dir`` in one rename. An ``out_dir`` an earlier
+    run saved from the same VAE, pairs and settings is kept; one from others is moved to
+    ``<out_dir>-replaced-<n>`` and the decoder adapted again."""
     from diffusers import AutoencoderKLTemporalDecoder
 
     out = Path(out_dir)
+    request = dict(steps=steps, seed=seed, held_out_every=held_out_every, vae=dm.folder_digest(vae_dir),
+                   pairs=dm.pairs_digest(pairs_dir))
     if _saved(out):
-        return json.loads((out / "metrics.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+        if metrics.get("request") == request:
+            return metrics
+        n = 1
+        while out.with_name(f"{out.name}-replaced-{n}").exists():
+            n += 1
+        out.replace(out.with_name(f"{out.name}-replaced-{n}"))
+        get_run_logger().info("%s was adapted with other pairs or settings; moved to %s-replaced-%d", out, out.name, n)
     pairs = dm.load_decoder_pairs(pairs_dir)
     held = pairs[::held_out_every]
     train = [p for i, p in enumerate(pairs) if i % held_out_every]
     vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir).to(device)
     metrics = dm.adapt_decoder(vae, train, steps=steps, seed=seed, held_out=held,
                                log=lambda m: get_run_logger().info("adapt decoder %s", m))
+    metrics = dict(metrics, request=request)
     _save_vae(vae.to("cpu"), metrics, out)
     return metrics
 

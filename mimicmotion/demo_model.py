@@ -570,9 +570,26 @@ def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, ste
     return out
 
 
+def _pair_files(folder) -> list:
+    return sorted(p for p in Path(folder).glob("*.npz") if not p.name.startswith("."))
+
+
+def pairs_digest(folder) -> str:
+    """SHA-256 over the pairs ``load_decoder_pairs`` would load (file names and bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in _pair_files(folder):
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def load_decoder_pairs(folder) -> list:
     """The pairs ``write_decoder_pairs`` wrote, in clip-id order."""
-    paths = sorted(p for p in Path(folder).glob("*.npz") if not p.name.startswith("."))
+    paths = _pair_files(folder)
     if not paths:
         raise ConfigError(f"no decoder pairs (*.npz) in {folder}; sample them first (write_decoder_pairs)")
     pairs = []

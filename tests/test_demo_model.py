@@ -721,3 +721,40 @@ def test_decoder_pairs_of_unknown_origin_are_set_aside(tmp_path):
     (out / "pairs.json").write_text("{not json")
     with pytest.raises(ConfigError, match="pairs.json is not a readable record"):
         dm.write_decoder_pairs("unused-catalog", base, ckpt, [], out, steps=2, guidance=2.0)
+
+
+def test_adapt_decoder_task_keeps_only_an_adaptation_of_the_same_request(tmp_path, monkeypatch):
+    """The flow's adapt-decoder task reuses a saved adaptation only for the same VAE, pairs and settings; one
+    from other settings or pairs is moved to <out>-replaced-<n> (not lost) and the decoder adapted again."""
+    import json
+    import logging
+
+    from flows import demo_model as flow_module
+
+    vae = _tiny_vae()
+    vae.save_pretrained(tmp_path / "vae")
+    pairs_dir = tmp_path / "pairs"
+    pairs_dir.mkdir()
+    for i, pair in enumerate(_soft_pairs(vae, 2, seed=0, frames_per_pair=8)):
+        np.savez(pairs_dir / f"clip{i}.npz", **pair)
+    runs = []
+
+    def fake_adapt(vae, pairs, *, steps, seed, held_out, log):
+        runs.append((steps, len(pairs), len(held_out)))
+        return dict(step=steps)
+
+    monkeypatch.setattr(dm, "adapt_decoder", fake_adapt)
+    monkeypatch.setattr(flow_module, "get_run_logger", lambda: logging.getLogger("test"))
+    out = tmp_path / "vae-adapted"
+    adapt = flow_module.adapt_decoder_task.fn
+    first = adapt(str(pairs_dir), str(tmp_path / "vae"), str(out), 2, 0, held_out_every=2)
+    assert runs == [(2, 1, 1)] and first["request"]["pairs"] == dm.pairs_digest(pairs_dir)
+    assert adapt(str(pairs_dir), str(tmp_path / "vae"), str(out), 2, 0, held_out_every=2) == first
+    assert len(runs) == 1  # same request: kept
+    third = adapt(str(pairs_dir), str(tmp_path / "vae"), str(out), 3, 0, held_out_every=2)
+    assert runs[-1] == (3, 1, 1) and third["step"] == 3
+    assert json.loads((tmp_path / "vae-adapted-replaced-1" / "metrics.json").read_text()) == first
+    np.savez(pairs_dir / "clip2.npz", **_soft_pairs(vae, 1, seed=5, frames_per_pair=8)[0])
+    adapt(str(pairs_dir), str(tmp_path / "vae"), str(out), 3, 0, held_out_every=2)
+    assert runs[-1] == (3, 1, 2) and (tmp_path / "vae-adapted-replaced-2" / "config.json").is_file()
+    assert (out / "config.json").is_file()
