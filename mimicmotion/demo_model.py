@@ -483,14 +483,18 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
 PAIRS_MANIFEST = "pairs.json"
 
 
-def folder_digest(folder) -> str:
-    """SHA-256 over a folder's files (relative paths and bytes, sorted): which base model sampled the pairs."""
+def folder_digest(folder, skip=()) -> str:
+    """SHA-256 over a folder's files (relative paths and bytes, sorted); hidden files and any file or folder
+    named in ``skip`` are left out. Which base model sampled the pairs; whether a copy is still current."""
     import hashlib
 
     root = Path(folder)
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if not path.is_file() or any(part.startswith(".") or part in skip for part in rel.parts):
+            continue
+        digest.update(rel.as_posix().encode() + b"\0")
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
@@ -810,22 +814,31 @@ def check_continuation(work, source) -> None:
 
 def base_with_vae(base_dir, vae_dir, target) -> Path:
     """A copy of the base folder ``base_dir`` whose VAE is the one saved in ``vae_dir`` (e.g. a decoder trained
-    on), written to ``target`` in one rename; a ``target`` that already holds a base folder is kept (a re-run
-    resumes with the same model). The VAE folder's other files (its metrics.json) are not copied. Returns
-    ``target``."""
+    on), written to ``target`` in one rename. A ``target`` holding exactly these files is kept (a re-run
+    resumes with the same model); one made from another VAE or base (e.g. a decoder adapted again) is made
+    anew, so its files' times change and evaluations do not reuse its renders. The VAE folder's other files
+    (its metrics.json) are not copied. Returns ``target``."""
     import shutil
 
     target = Path(target)
-    if (target / "model_index.json").is_file():
-        return target
     if not (Path(vae_dir) / "config.json").is_file():
         raise ConfigError(f"{vae_dir} holds no saved VAE (config.json); train the decoder stage first")
+    stale = target.with_name(f".{target.name}.stale")
+    if (target / "model_index.json").is_file():
+        if (folder_digest(target, skip={"vae"}) == folder_digest(base_dir, skip={"vae"})
+                and folder_digest(target / "vae") == folder_digest(vae_dir, skip={"metrics.json"})):
+            return target
+        if stale.exists():
+            shutil.rmtree(stale)
+        target.replace(stale)  # a copy of files kept elsewhere: removed once the new copy is in place
     tmp = target.with_name(f".{target.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(base_dir, tmp, ignore=shutil.ignore_patterns(".*", "vae"))
     shutil.copytree(vae_dir, tmp / "vae", ignore=shutil.ignore_patterns(".*", "metrics.json"))
     tmp.replace(target)
+    if stale.exists():
+        shutil.rmtree(stale)
     return target
 
 

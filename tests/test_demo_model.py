@@ -318,11 +318,22 @@ def test_base_with_vae_swaps_only_the_vae(tmp_path):
     swapped = AutoencoderKLTemporalDecoder.from_pretrained(got / "vae")
     assert torch.equal(swapped.decoder.conv_out.bias, vae.decoder.conv_out.bias)
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["base"]  # no staging folder left
-    # a re-run keeps what the first run made
-    (tmp_path / "vae-decoder" / "config.json").unlink()
+    # a re-run with the same VAE keeps what the first run made (its metrics.json does not count)
+    made = (got / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    (tmp_path / "vae-decoder" / "metrics.json").write_text('{"step": 2}')
     assert dm.base_with_vae(base, tmp_path / "vae-decoder", got) == got
+    assert (got / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == made
+    # a VAE saved again with other weights (a decoder adapted anew) replaces the copy's VAE
+    with torch.no_grad():
+        vae.decoder.conv_out.bias += 0.25
+    vae.save_pretrained(tmp_path / "vae-decoder")
+    assert dm.base_with_vae(base, tmp_path / "vae-decoder", got) == got
+    swapped = AutoencoderKLTemporalDecoder.from_pretrained(got / "vae")
+    assert torch.equal(swapped.decoder.conv_out.bias, vae.decoder.conv_out.bias)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["base"]  # nothing stale or staged left
+    (tmp_path / "vae-decoder" / "config.json").unlink()
     with pytest.raises(ConfigError, match="holds no saved VAE"):
-        dm.base_with_vae(base, tmp_path / "vae-decoder", tmp_path / "other")
+        dm.base_with_vae(base, tmp_path / "vae-decoder", got)
 
 
 def test_ssim_torch_matches_the_metric():
