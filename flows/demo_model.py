@@ -54,14 +54,20 @@ def _train_vae(synth_dir: str, out: Path, make_vae, steps: int, seed: int, label
                batch_seed: int, record: Optional[dict] = None, device: str = "cpu", **options) -> dict:
     """Train the VAE ``make_vae()`` returns on the synthetic training frames (``dm.pretrain_vae`` with
     ``options``, batches drawn with ``batch_seed``) and save it with its metrics into ``out`` in one rename;
-    an ``out`` saved by an earlier run is not trained again (its metrics are returned). ``set_scale``: set the
+    an ``out`` saved by an earlier run is not trained again (its metrics are returned); one saved after another
+    number of steps is refused (later stages were built on it). ``set_scale``: set the
     scaling factor from the latents (after pre-training; a decoder-only stage keeps the factor the UNet was
     trained with); ``record``: more entries for the saved metrics; ``device``: where it trains (saved from the
     CPU)."""
     import torch
 
     if _saved(out):
-        return json.loads((out / "metrics.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+        if metrics.get("step", steps) != steps:
+            raise ConfigError(f"{out} holds a {label} stage trained {metrics['step']} steps, but this run asks for "
+                              f"{steps}: ask for {metrics['step']} to go on with this work folder, or give a new work "
+                              f"folder for a model made with {steps}")
+        return metrics
     torch.manual_seed(seed)
     frames = dm.collect_frames(sorted(Path(synth_dir, "train").glob("*.mp4")))
     held = dm.collect_frames(sorted(Path(synth_dir, "test").glob("*.mp4")), every=40)

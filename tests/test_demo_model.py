@@ -769,3 +769,21 @@ def test_adapt_decoder_task_keeps_only_an_adaptation_of_the_same_request(tmp_pat
     adapt(str(pairs_dir), str(tmp_path / "vae"), str(out), 3, 0, held_out_every=2)
     assert runs[-1] == (3, 1, 2) and (tmp_path / "vae-adapted-replaced-2" / "config.json").is_file()
     assert (out / "config.json").is_file()
+
+
+def test_a_saved_vae_stage_of_another_step_count_is_refused(tmp_path):
+    """A re-run asking a VAE stage for other steps than its work folder holds is an error naming the folder
+    (later stages were built on it), not a silent reuse; the same steps reuse it without training."""
+    import json
+
+    from flows import demo_model as flow_module
+
+    out = tmp_path / "vae"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "metrics.json").write_text(json.dumps({"step": 3000, "psnr": 28.0}))
+    never = lambda: pytest.fail("a saved stage was trained again")  # noqa: E731
+    kwargs = dict(set_scale=True, batch_seed=0)
+    assert flow_module._train_vae("no-synth", out, never, 3000, 0, "vae", **kwargs)["psnr"] == 28.0
+    with pytest.raises(ConfigError, match=r"vae stage trained 3000 steps, but this run asks for 4000"):
+        flow_module._train_vae("no-synth", out, never, 4000, 0, "vae", **kwargs)
