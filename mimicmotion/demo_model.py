@@ -890,7 +890,8 @@ def model_card(summary: dict) -> str:
         "It knows only the synthetic figures: it is a working demonstration of the pipeline, not a model for",
         "real people.", "",
         "## Recipe", "",
-        f"- VAE: {_picked(vae, ('frames', 'psnr', 'ssim', 'scaling_factor', 'seconds'))}; "
+        f"- VAE ({vae.get('downscale', 8)}x downsampling: latents {192 // vae.get('downscale', 8)} x "
+        f"{128 // vae.get('downscale', 8)}): {_picked(vae, ('frames', 'psnr', 'ssim', 'scaling_factor', 'seconds'))}; "
         "pre-trained on single frames, its temporal decoder held frame-wise (`hold_decoder_framewise`)",
         *([f"- VAE decoder, trained on with its encoder frozen (L1 + MSE + {vae['decoder'].get('ssim_weight')} x "
            f"(1 - SSIM)): {_picked(vae['decoder'], ('step', 'psnr', 'ssim', 'seconds'))}"

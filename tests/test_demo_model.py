@@ -249,6 +249,8 @@ def test_model_card_states_recipe_and_results():
     assert "ceiling: the test frames through the VAE score SSIM 0.900, PSNR 25.00 dB" in card
     assert "against vae_reconstruction" not in card
     assert f"- Config: {json.dumps(dm.DEMO_TRAIN_CONFIG)}" in card  # a summary without the run's config
+    assert "- VAE (8x downsampling: latents 24 x 16)" in card  # a summary from before the 4x VAE
+    assert "- VAE (4x downsampling: latents 48 x 32)" in dm.model_card({"vae": {"downscale": 4}})
     card = dm.model_card({"train": {"step": 7, "config": dict(dm.DEMO_TRAIN_CONFIG, decay_steps=7, seed=2)}})
     assert '"decay_steps": 7' in card and '"seed": 2' in card
     first = {"step": 900, "ssim": 0.821, "ssim_weight": 0.5}
@@ -514,6 +516,7 @@ def test_demo_model_flow_wires_the_decoder_stage(tmp_path, faked_flow):
     assert args[:3] == (str(work / "start" / "base" / "vae"), str(work / "vae-decoder"), 30)
     assert kwargs == {"ssim_weight": 2.0, "record": {"continued_from": earlier}, "device": "cpu"}
     assert summary["vae"]["psnr"] == 21.0 and summary["vae"]["decoder"]["step"] == 30
+    assert summary["vae"]["downscale"] == 8
     assert calls["train"][0]["base_model"] == str(work / "base") == calls["evaluate"][0]["base_model"]
     assert (work / "base" / "vae" / "config.json").is_file() and "pretrain" not in calls
 
