@@ -552,7 +552,7 @@ def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, ste
     if (manifest or {}).get("identity") != identity and (manifest is not None or any(out.glob("*.npz"))):
         _set_aside_stale_pairs(out, manifest, log)
         manifest = None
-    manifest = dict(identity=identity, seeds=dict((manifest or {}).get("seeds", {})))
+    manifest = dict(identity=identity, seeds=dict((manifest or {}).get("seeds", {})), clips=list(clip_ids))
     todo = [(i, c) for i, c in enumerate(clip_ids)
             if not (out / f"{c}.npz").is_file() or manifest["seeds"].get(c) != seed + i]
     _write_json_atomic(manifest_path, manifest)
@@ -575,7 +575,20 @@ def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, ste
 
 
 def _pair_files(folder) -> list:
-    return sorted(p for p in Path(folder).glob("*.npz") if not p.name.startswith("."))
+    """The pair files of the clips the latest ``write_decoder_pairs`` asked for (its pairs.json ``clips``: a
+    re-run with fewer clips keeps the others' files without using them); every pair file without that record."""
+    files = sorted(p for p in Path(folder).glob("*.npz") if not p.name.startswith("."))
+    manifest = Path(folder) / PAIRS_MANIFEST
+    if manifest.is_file():
+        try:
+            asked = json.loads(manifest.read_text()).get("clips")
+            asked = None if asked is None else set(asked)
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            raise ConfigError(f"{manifest} is not a readable record of decoder pairs ({exc}); remove it and the "
+                              f"pairs beside it, or choose another folder") from exc
+        if asked is not None:
+            files = [p for p in files if p.stem in asked]
+    return files
 
 
 def pairs_digest(folder) -> str:

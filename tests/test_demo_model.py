@@ -707,6 +707,16 @@ def test_load_decoder_pairs_skips_partial_files(tmp_path):
                  frames=np.zeros((2, 8, 8, 3), np.uint8))
     pairs = dm.load_decoder_pairs(tmp_path)
     assert [float(p["latents"][0, 0, 0, 0]) for p in pairs] == [ord("a"), ord("b")]
+    # with a pairs.json, only the clips its latest request asked for (a re-run asked for fewer)
+    digest_all = dm.pairs_digest(tmp_path)
+    (tmp_path / "pairs.json").write_text(json.dumps({"identity": {}, "seeds": {"a": 0, "b": 1}, "clips": ["b"]}))
+    assert [float(p["latents"][0, 0, 0, 0]) for p in dm.load_decoder_pairs(tmp_path)] == [ord("b")]
+    assert dm.pairs_digest(tmp_path) != digest_all
+    (tmp_path / "pairs.json").write_text(json.dumps({"identity": {}, "seeds": {}}))  # no clips recorded: all
+    assert len(dm.load_decoder_pairs(tmp_path)) == 2 and dm.pairs_digest(tmp_path) == digest_all
+    (tmp_path / "pairs.json").write_text("[1]")
+    with pytest.raises(ConfigError, match="not a readable record"):
+        dm.load_decoder_pairs(tmp_path)
 
 
 def test_decoder_pairs_of_unknown_origin_are_set_aside(tmp_path):

@@ -309,7 +309,7 @@ def test_decoder_pairs_are_the_latents_the_evaluation_decodes(catalog, model, tm
     dm.write_decoder_pairs(catalog["root"], model["base_model"], model["checkpoint"], [clip_id], out, steps=1,
                            guidance=1.0, max_frames=6, resolution=64)
     manifest = json.loads((out / "pairs.json").read_text())
-    assert manifest["seeds"] == {clip_id: 0} and manifest["identity"]["steps"] == 1
+    assert manifest["seeds"] == {clip_id: 0} and manifest["clips"] == [clip_id] and manifest["identity"]["steps"] == 1
 
     # another sampler setting (as another checkpoint would): the old pairs are set aside, not reused or lost
     loads = []
