@@ -274,10 +274,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                       baselines=["copy_reference", "blank_pose", "vae_reconstruction"], resolution=dm.DEMO_RESOLUTION,
                       tile_size=dm.DEMO_TILE_SIZE, tile_overlap=dm.DEMO_TILE_OVERLAP, steps=eval_steps, seed=seed,
                       max_frames=eval_frames, device=device)
-    from mimicmotion.models.pose_net import vae_downscale as downscale_of
-
     vae_config = json.loads((Path(base) / "vae" / "config.json").read_text())
-    vae_metrics = dict(vae_metrics, downscale=downscale_of(vae_config))
+    vae_metrics = dict(vae_metrics, downscale=dm.vae_downscale(vae_config))
     summary = dict(vae=vae_metrics, train=run, evaluation=scores.get("summary", scores))
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if ship:

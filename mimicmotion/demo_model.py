@@ -483,6 +483,26 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
 PAIRS_MANIFEST = "pairs.json"
 
 
+def _hash_file(digest, path) -> None:
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+
+
+def _read_pairs_manifest(path: Path) -> Optional[dict]:
+    """A pairs folder's pairs.json (None when there is none); an unreadable one is an error naming it."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        manifest = exc
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{path} is not a readable record of decoder pairs ({manifest}); remove it and the pairs "
+                          f"beside it, or choose another folder")
+    return manifest
+
+
 def folder_digest(folder, skip=()) -> str:
     """SHA-256 over a folder's files (relative paths and bytes, sorted); hidden files and any file or folder
     named in ``skip`` are left out. Which base model sampled the pairs; whether a copy is still current."""
@@ -495,9 +515,7 @@ def folder_digest(folder, skip=()) -> str:
         if not path.is_file() or any(part.startswith(".") or part in skip for part in rel.parts):
             continue
         digest.update(rel.as_posix().encode() + b"\0")
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        _hash_file(digest, path)
     return digest.hexdigest()
 
 
@@ -544,11 +562,7 @@ def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, ste
     identity = decoder_pairs_identity(base_dir, checkpoint, steps=steps, guidance=guidance, max_frames=max_frames,
                                       resolution=resolution)
     manifest_path = out / PAIRS_MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{manifest_path} is not a readable record of decoder pairs ({exc}); remove it and the "
-                          f"pairs beside it, or choose another folder") from exc
+    manifest = _read_pairs_manifest(manifest_path)
     if (manifest or {}).get("identity") != identity and (manifest is not None or any(out.glob("*.npz"))):
         _set_aside_stale_pairs(out, manifest, log)
         manifest = None
@@ -578,16 +592,10 @@ def _pair_files(folder) -> list:
     """The pair files of the clips the latest ``write_decoder_pairs`` asked for (its pairs.json ``clips``: a
     re-run with fewer clips keeps the others' files without using them); every pair file without that record."""
     files = sorted(p for p in Path(folder).glob("*.npz") if not p.name.startswith("."))
-    manifest = Path(folder) / PAIRS_MANIFEST
-    if manifest.is_file():
-        try:
-            asked = json.loads(manifest.read_text()).get("clips")
-            asked = None if asked is None else set(asked)
-        except (OSError, ValueError, AttributeError, TypeError) as exc:
-            raise ConfigError(f"{manifest} is not a readable record of decoder pairs ({exc}); remove it and the "
-                              f"pairs beside it, or choose another folder") from exc
-        if asked is not None:
-            files = [p for p in files if p.stem in asked]
+    asked = (_read_pairs_manifest(Path(folder) / PAIRS_MANIFEST) or {}).get("clips")
+    if asked is not None:
+        asked = set(asked)
+        files = [p for p in files if p.stem in asked]
     return files
 
 
@@ -598,9 +606,7 @@ def pairs_digest(folder) -> str:
     digest = hashlib.sha256()
     for path in _pair_files(folder):
         digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        _hash_file(digest, path)
     return digest.hexdigest()
 
 
@@ -763,9 +769,7 @@ def checkpoint_digest(path) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    _hash_file(digest, path)
     return digest.hexdigest()
 
 
