@@ -533,12 +533,20 @@ def _write_json_atomic(path: Path, data) -> None:
     tmp.replace(path)
 
 
+def unused_numbered_path(stem: Path) -> Path:
+    """``<stem>-1``, or the first ``<stem>-<n>`` that does not exist yet: where to set something aside."""
+    n = 1
+    while stem.with_name(f"{stem.name}-{n}").exists():
+        n += 1
+    return stem.with_name(f"{stem.name}-{n}")
+
+
 def _set_aside_stale_pairs(out: Path, manifest: Optional[dict], log) -> None:
-    """Move pairs another model (or other settings) sampled into ``out/stale-<its checkpoint digest>/``: they
-    must not train this model's decoder, and nothing is deleted."""
+    """Move pairs another model (or other settings) sampled into ``out/stale-<its checkpoint digest>-<n>/``:
+    they must not train this model's decoder, and nothing is deleted (nor overwritten by a later set-aside)."""
     old = (manifest or {}).get("identity", {}).get("checkpoint", "unknown")[:12]
-    stale = out / f"stale-{old}"
-    stale.mkdir(exist_ok=True)
+    stale = unused_numbered_path(out / f"stale-{old}")
+    stale.mkdir()
     for path in [*out.glob("*.npz"), out / PAIRS_MANIFEST]:
         if path.is_file() and not path.name.startswith("."):
             path.replace(stale / path.name)
@@ -553,7 +561,7 @@ def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, ste
     seed ``seed`` + the clip's position), with the pipeline on ``device``. ``out_dir/pairs.json`` records the
     model and settings (``decoder_pairs_identity``) and each clip's seed: a re-run with the same ones keeps the
     clips already written (it resumes); pairs from another model or other settings (e.g. after more UNet
-    steps) are moved to ``out_dir/stale-<digest>/`` and sampled again. Returns ``out_dir``."""
+    steps) are moved to ``out_dir/stale-<digest>-<n>/`` and sampled again. Returns ``out_dir``."""
     from mimicmotion.evaluation import clip_rows, load_eval_clip
     from mimicmotion.loading import load_pipeline
 

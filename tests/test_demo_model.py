@@ -721,7 +721,7 @@ def test_load_decoder_pairs_skips_partial_files(tmp_path):
 
 def test_decoder_pairs_of_unknown_origin_are_set_aside(tmp_path):
     """Pairs written before pairs.json existed (or beside an unreadable one) are not trusted: they are moved to
-    stale-unknown/, and an unreadable record is an error that names the file."""
+    stale-unknown-1/, and an unreadable record is an error that names the file."""
     base, ckpt, out = tmp_path / "base", tmp_path / "model.safetensors", tmp_path / "pairs"
     (base / "vae").mkdir(parents=True)
     (base / "vae" / "config.json").write_text("{}")
@@ -730,7 +730,7 @@ def test_decoder_pairs_of_unknown_origin_are_set_aside(tmp_path):
     np.savez(out / "old.npz", latents=np.zeros((2, 4, 1, 1), np.float32), frames=np.zeros((2, 8, 8, 3), np.uint8))
     messages = []
     dm.write_decoder_pairs("unused-catalog", base, ckpt, [], out, steps=2, guidance=2.0, log=messages.append)
-    assert (out / "stale-unknown" / "old.npz").is_file() and not (out / "old.npz").exists()
+    assert (out / "stale-unknown-1" / "old.npz").is_file() and not (out / "old.npz").exists()
     assert "moved to" in messages[0]
     manifest = json.loads((out / "pairs.json").read_text())
     assert manifest["seeds"] == {} and manifest["identity"] == dm.decoder_pairs_identity(

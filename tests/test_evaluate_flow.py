@@ -317,7 +317,7 @@ def test_decoder_pairs_are_the_latents_the_evaluation_decodes(catalog, model, tm
     messages = []
     dm.write_decoder_pairs(catalog["root"], model["base_model"], model["checkpoint"], [clip_id], out, steps=2,
                            guidance=1.0, max_frames=6, resolution=64, log=messages.append)
-    stale = out / f"stale-{manifest['identity']['checkpoint'][:12]}"
+    stale = out / f"stale-{manifest['identity']['checkpoint'][:12]}-1"
     assert loads == [1] and "moved to" in messages[0]
     assert np.array_equal(np.load(stale / f"{clip_id}.npz")["latents"], loaded["latents"])
     assert json.loads((stale / "pairs.json").read_text()) == manifest
@@ -329,7 +329,14 @@ def test_decoder_pairs_are_the_latents_the_evaluation_decodes(catalog, model, tm
     dm.write_decoder_pairs(catalog["root"], model["base_model"], model["checkpoint"], [clip_id], out, steps=2,
                            guidance=1.0, seed=3, max_frames=6, resolution=64)
     assert loads == [1, 1] and json.loads((out / "pairs.json").read_text())["seeds"] == {clip_id: 3}
-    assert not (out / "stale-unknown").exists()
+    assert not (out / "stale-unknown-1").exists()
+    # the settings change again (same checkpoint): a second set-aside does not overwrite the first
+    dm.write_decoder_pairs(catalog["root"], model["base_model"], model["checkpoint"], [clip_id], out, steps=1,
+                           guidance=1.0, max_frames=6, resolution=64)
+    assert loads == [1, 1, 1] and np.array_equal(np.load(stale / f"{clip_id}.npz")["latents"], loaded["latents"])
+    second = stale.with_name(stale.name[:-1] + "2")
+    assert (second / f"{clip_id}.npz").is_file()
+    assert json.loads((second / "pairs.json").read_text())["identity"]["steps"] == 2
 
 
 def test_region_benchmark_splits_each_method_by_what_moved(catalog, model):
