@@ -158,11 +158,9 @@ def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, s
         metrics = json.loads((out / "metrics.json").read_text())
         if metrics.get("request") == request:
             return metrics
-        n = 1
-        while out.with_name(f"{out.name}-replaced-{n}").exists():
-            n += 1
-        out.replace(out.with_name(f"{out.name}-replaced-{n}"))
-        get_run_logger().info("%s was adapted with other pairs or settings; moved to %s-replaced-%d", out, out.name, n)
+        aside = dm.unused_numbered_path(out.with_name(f"{out.name}-replaced"))
+        out.replace(aside)
+        get_run_logger().info("%s was adapted with other pairs or settings; moved to %s", out, aside)
     pairs = dm.load_decoder_pairs(pairs_dir)
     held = pairs[::held_out_every]
     train = [p for i, p in enumerate(pairs) if i % held_out_every]

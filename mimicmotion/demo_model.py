@@ -527,12 +527,6 @@ def decoder_pairs_identity(base_dir, checkpoint, *, steps: int, guidance: float,
                 tile_size=int(tile_size), tile_overlap=int(tile_overlap))
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
-
-
 def unused_numbered_path(stem: Path) -> Path:
     """``<stem>-1``, or the first ``<stem>-<n>`` that does not exist yet: where to set something aside."""
     n = 1
@@ -564,6 +558,7 @@ def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, ste
     steps) are moved to ``out_dir/stale-<digest>-<n>/`` and sampled again. Returns ``out_dir``."""
     from mimicmotion.evaluation import clip_rows, load_eval_clip
     from mimicmotion.loading import load_pipeline
+    from mimicmotion.training.trainer import write_json_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -577,7 +572,7 @@ def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, ste
     manifest = dict(identity=identity, seeds=dict((manifest or {}).get("seeds", {})), clips=list(clip_ids))
     todo = [(i, c) for i, c in enumerate(clip_ids)
             if not (out / f"{c}.npz").is_file() or manifest["seeds"].get(c) != seed + i]
-    _write_json_atomic(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest)
     if not todo:
         return out
     rows = clip_rows(catalog, [c for _, c in todo])
@@ -590,7 +585,7 @@ def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, ste
         np.savez(tmp, **pair)
         tmp.replace(out / f"{clip_id}.npz")
         manifest["seeds"][clip_id] = seed + i
-        _write_json_atomic(manifest_path, manifest)
+        write_json_atomic(manifest_path, manifest)
         if log is not None:
             log(f"decoder pair {i + 1}/{len(clip_ids)}: {clip_id}")
     return out

@@ -1263,7 +1263,8 @@ def _gather(obj, world_size: int) -> list:
     return out
 
 
-def _write_json_atomic(path: Path, value) -> None:
+def write_json_atomic(path: Path, value) -> None:
+    """``value`` as JSON into ``path`` in one rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -1368,7 +1369,7 @@ def train(config: TrainConfig, *, run_dir, catalog_root=None, clip_ids: Optional
 
     metrics_path = run / METRICS_FILE
     if rank == 0:
-        _write_json_atomic(run / CONFIG_FILE, config.to_dict())
+        write_json_atomic(run / CONFIG_FILE, config.to_dict())
         truncate_csv(metrics_path, METRIC_COLUMNS, trainer.step)
         truncate_csv(run / VALIDATION_FILE, VALIDATION_COLUMNS, trainer.step)
 
