@@ -179,7 +179,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                train_seed: Optional[int] = None, decay_steps: int = 0, vae_decoder_ssim_weight: float = 0.5,
                adapt_decoder_steps: int = 0, adapt_clips: int = 128, adapt_guidance: float = 2.0,
                vae_continue_steps: int = 0, vae_continue_ssim_weight: float = 2.0, device: str = "cpu",
-               vae_downscale: Optional[int] = None) -> dict:
+               vae_downscale: Optional[int] = None, extra_train_videos: int = 0) -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
     from flows.train import train
@@ -192,6 +192,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         raise ConfigError("vae_continue_steps trains a finished model's whole VAE, which moves its latents: it needs "
                           "continue_from and train_steps >= 1 (the UNet must learn the new latents); got "
                           f"continue_from={continue_from!r}, train_steps={train_steps}")
+    if isinstance(extra_train_videos, bool) or not isinstance(extra_train_videos, int) or extra_train_videos < 0:
+        raise ConfigError(f"extra_train_videos must be an integer >= 0, got {extra_train_videos!r}")
     device = dm.check_device(device)
     root = Path(work)
     if continue_from:
@@ -203,7 +205,15 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         vae_downscale = dm.check_vae_downscale(root / "vae", 8 if vae_downscale is None else vae_downscale)
     synth, catalog = root / "synth", root / "catalog"
     generate_dataset(synth, videos, seed=seed, width=dm.DEMO_WIDTH, height=dm.DEMO_HEIGHT, num_frames=96)
-    curate(inputs=[str(synth / "train"), str(synth / "test")], catalog=str(catalog), pose_source="sidecar",
+    inputs = [str(synth / "train"), str(synth / "test")]
+    if extra_train_videos:
+        # more training data only (the next seed's videos, none held out): the test split stays the same clips,
+        # so the scores stay comparable with a model trained without them
+        extra = root / "synth-extra"
+        generate_dataset(extra, extra_train_videos, seed=seed + 1, test_fraction=0.0, width=dm.DEMO_WIDTH,
+                         height=dm.DEMO_HEIGHT, num_frames=96)
+        inputs.append(str(extra / "train"))
+    curate(inputs=inputs, catalog=str(catalog), pose_source="sidecar",
            sample_stride=2, clip_length=24, min_clip_length=dm.DEMO_TILE_SIZE + 1, aspect="2:3",
            resolution=dm.DEMO_RESOLUTION, contact_sheet_tiles=12)
     if continue_from:
@@ -246,7 +256,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         base = dm.base_with_vae(base, vae_dir, root / "base")
     train_sql, train_params = dm.split_sql("train")
     train_config = dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed if train_seed is None else train_seed,
-                        decay_steps=decay_steps)
+                        decay_steps=decay_steps,
+                        latent_cache_frames=dm.demo_latent_cache_frames(videos + extra_train_videos))
     if train_steps > 0:
         run = train(catalog=str(catalog), base_model=str(base), checkpoint=str(init), run_dir=str(root / "run"),
                     workers=workers, steps=train_steps, sql=train_sql, query_params=train_params, torch_threads=1,
@@ -274,7 +285,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                       max_frames=eval_frames, device=device)
     vae_config = json.loads((Path(base) / "vae" / "config.json").read_text())
     vae_metrics = dict(vae_metrics, downscale=dm.vae_downscale(vae_config))
-    summary = dict(vae=vae_metrics, train=run, evaluation=scores.get("summary", scores))
+    summary = dict(data=dict(videos=videos, seed=seed, extra_train_videos=extra_train_videos), vae=vae_metrics,
+                   train=run, evaluation=scores.get("summary", scores))
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if ship:
         card = dm.model_card(summary)
@@ -325,6 +337,9 @@ def main(argv=None) -> int:
     ap.add_argument("--vae-downscale", type=int, choices=dm.DEMO_DOWNSCALES,
                     help="a new model's VAE downsampling: 8 (default, as SVD) or 4 (latents 48 x 32: keeps textures "
                          "an 8x latent loses; the UNet and PoseNet follow); a continuation keeps its start model's")
+    ap.add_argument("--extra-train-videos", type=int, default=0,
+                    help="this many more procedural videos (the next seed's) in the training split only; the test "
+                         "split stays the --videos dataset's (default 0)")
     ap.add_argument("--ship", action="store_true", help="copy the result into mimicmotion/assets/demo_model/")
     args = ap.parse_args(argv)
     summary = demo_model(args.work, args.videos, args.seed, args.vae_steps, args.train_steps, args.workers, args.lr,
@@ -335,7 +350,7 @@ def main(argv=None) -> int:
                          adapt_decoder_steps=args.adapt_decoder_steps, adapt_clips=args.adapt_clips,
                          adapt_guidance=args.adapt_guidance, vae_continue_steps=args.vae_continue_steps,
                          vae_continue_ssim_weight=args.vae_continue_ssim_weight, device=args.device,
-                         vae_downscale=args.vae_downscale)
+                         vae_downscale=args.vae_downscale, extra_train_videos=args.extra_train_videos)
     print(json.dumps(summary.get("evaluation"), indent=2, default=str))
     return 0
 

@@ -75,6 +75,15 @@ DEMO_TRAIN_CONFIG = dict(
     data_workers=1,
 )
 
+
+
+def demo_latent_cache_frames(videos: int) -> int:
+    """The training's latent cache size for a dataset of ``videos`` procedural videos: every frame a training
+    item of the demo's curation (two 24-frame clips at stride 2 per 96-frame video) can hold, 96 per video;
+    at least ``DEMO_TRAIN_CONFIG``'s."""
+    return max(DEMO_TRAIN_CONFIG["latent_cache_frames"], 96 * videos)
+
+
 # Component seeds are offsets of the caller's seed (the same component whatever else is built).
 _SEED_OFFSETS = {"unet": 0, "vae": 1, "image_encoder": 2, "pose_net": 3}
 
@@ -910,6 +919,7 @@ def model_card(summary: dict) -> str:
         "It knows only the synthetic figures: it is a working demonstration of the pipeline, not a model for",
         "real people.", "",
         "## Recipe", "",
+        *([_data_line(summary["data"])] if isinstance(summary.get("data"), dict) else []),
         f"- VAE ({vae.get('downscale', 8)}x downsampling: latents {192 // vae.get('downscale', 8)} x "
         f"{128 // vae.get('downscale', 8)}): {_picked(vae, ('frames', 'psnr', 'ssim', 'scaling_factor', 'seconds'))}; "
         "pre-trained on single frames, its temporal decoder held frame-wise (`hold_decoder_framewise`)",
@@ -939,6 +949,13 @@ def model_card(summary: dict) -> str:
         *_baseline_verdicts(evaluation),
     ]
     return "\n".join(lines)
+
+
+def _data_line(data: dict) -> str:
+    extra = data.get("extra_train_videos") or 0
+    more = f", and {extra} more training videos (seed {data.get('seed', 0) + 1})" if extra else ""
+    return (f"- Data: {data.get('videos')} procedural videos (`generate_dataset`, seed {data.get('seed', 0)}; a fifth "
+            f"of them the test split){more}; curated from their pose sidecars")
 
 
 def _picked(record: dict, keys, all_keys: bool = False) -> str:

@@ -377,14 +377,14 @@ def test_demo_model_flow_cli_passes_the_decoder_stage_options(monkeypatch):
                              "--vae-decoder-ssim-weight", "2", "--train-steps", "10", "--decay-steps", "10",
                              "--adapt-decoder-steps", "7", "--adapt-clips", "5", "--adapt-guidance", "1",
                              "--vae-continue-steps", "400", "--vae-continue-ssim-weight", "1.5",
-                             "--device", "cuda"]) == 0
+                             "--device", "cuda", "--extra-train-videos", "64"]) == 0
     (args, kwargs), = calls
     assert args[:5] == ("w", 160, 0, 3000, 10)
     assert kwargs["continue_from"] == "m" and kwargs["vae_decoder_steps"] == 3000
     assert kwargs["vae_decoder_ssim_weight"] == 2.0 and kwargs["decay_steps"] == 10
     assert (kwargs["adapt_decoder_steps"], kwargs["adapt_clips"], kwargs["adapt_guidance"]) == (7, 5, 1.0)
     assert (kwargs["vae_continue_steps"], kwargs["vae_continue_ssim_weight"]) == (400, 1.5)
-    assert kwargs["device"] == "cuda"
+    assert kwargs["device"] == "cuda" and kwargs["extra_train_videos"] == 64
 
 
 def test_check_continuation_refuses_a_work_folder_of_another_model(tmp_path):
@@ -483,8 +483,9 @@ def faked_flow(tmp_path, monkeypatch):
         metrics.write_text("step,loss,step_time_s,data_time_s\n1,0.5,1.0,0.0\n")
         return {"model": kwargs["checkpoint"], "metrics": str(metrics)}
 
-    monkeypatch.setattr(mimicmotion.synthetic, "generate_dataset", lambda *a, **k: None)
-    monkeypatch.setattr(flows.curate, "curate", lambda **k: None)
+    monkeypatch.setattr(mimicmotion.synthetic, "generate_dataset",
+                        lambda *a, **k: calls.setdefault("generate", []).append((a, k)))
+    monkeypatch.setattr(flows.curate, "curate", lambda **k: calls.setdefault("curate", []).append(k))
     monkeypatch.setattr(flows.train, "train", fake_train)
     monkeypatch.setattr(flows.evaluate, "evaluate", lambda **k: calls.setdefault("evaluate", []).append(k) or {})
     monkeypatch.setattr(flow_module, "pretrain_vae_task", fake_vae_stage("pretrain"))
@@ -528,6 +529,34 @@ def test_demo_model_flow_wires_the_decoder_stage(tmp_path, faked_flow):
     assert kwargs == {"ssim_weight": 0.5, "record": None, "device": "cpu"}
     assert calls["train"][0]["base_model"] == str(fresh / "init" / "base") and not (fresh / "base").exists()
     assert "pairs" not in calls and "adapt" not in calls
+
+
+def test_demo_model_flow_adds_extra_videos_to_the_training_split_only(tmp_path, faked_flow):
+    """--extra-train-videos renders the next seed's videos with none held out, curates them with the others
+    and sizes the latent cache for them; the test split and the default run stay as they were."""
+    flow, calls = faked_flow["flow"], faked_flow["calls"]
+    work = tmp_path / "more"
+    summary = flow(str(work), vae_steps=20, train_steps=1, seed=3, extra_train_videos=384)
+    (main_args, main_kw), (extra_args, extra_kw) = calls["generate"]
+    assert main_args == (work / "synth", 160) and main_kw["seed"] == 3 and "test_fraction" not in main_kw
+    assert extra_args == (work / "synth-extra", 384) and extra_kw["seed"] == 4 and extra_kw["test_fraction"] == 0.0
+    assert (extra_kw["num_frames"], extra_kw["width"]) == (main_kw["num_frames"], main_kw["width"])
+    assert calls["curate"][0]["inputs"] == [str(work / "synth" / "train"), str(work / "synth" / "test"),
+                                           str(work / "synth-extra" / "train")]
+    assert calls["train"][0]["config"]["latent_cache_frames"] == 96 * (160 + 384)
+    assert summary["data"] == {"videos": 160, "seed": 3, "extra_train_videos": 384}
+    assert "and 384 more training videos (seed 4)" in dm.model_card(summary)
+    test_sql, test_params = dm.split_sql("test", first_clip_only=True, limit=16)
+    assert (calls["evaluate"][0]["sql"], calls["evaluate"][0]["params"]) == (test_sql, test_params)
+
+    calls.clear()
+    summary = flow(str(tmp_path / "plain"), vae_steps=20, train_steps=1)
+    (_, main_kw), = calls["generate"]
+    assert len(calls["curate"][0]["inputs"]) == 2 and main_kw["seed"] == 0
+    assert calls["train"][0]["config"]["latent_cache_frames"] == dm.DEMO_TRAIN_CONFIG["latent_cache_frames"]
+    assert "more training videos" not in dm.model_card(summary)
+    with pytest.raises(ConfigError, match="extra_train_videos must be an integer >= 0"):
+        flow(str(tmp_path / "bad"), train_steps=1, extra_train_videos=-1)
 
 
 def test_demo_model_flow_refuses_a_second_continuation_in_one_work_folder(tmp_path, faked_flow, monkeypatch):
