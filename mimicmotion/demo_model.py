@@ -76,7 +76,6 @@ DEMO_TRAIN_CONFIG = dict(
 )
 
 
-
 def demo_latent_cache_frames(videos: int) -> int:
     """The training's latent cache size for a dataset of ``videos`` procedural videos: every frame a training
     item of the demo's curation (two 24-frame clips at stride 2 per 96-frame video) can hold, 96 per video;
