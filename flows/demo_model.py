@@ -132,14 +132,16 @@ def continue_vae_task(synth_dir: str, vae_dir: str, out_dir: str, steps: int, se
 
 @task(name="sample-decoder-pairs", cache_policy=NO_CACHE)
 def sample_decoder_pairs_task(catalog: str, base_dir: str, checkpoint: str, out_dir: str, clips: int,
-                              guidance: float, steps: int, seed: int, device: str = "cpu") -> str:
-    """The trained model's latents for the first clip of ``clips`` training videos, with their true frames."""
+                              guidance: float, steps: int, seed: int, device: str = "cpu", max_frames: int = 24) -> str:
+    """The trained model's latents for the first ``max_frames`` frames of the first clip of ``clips`` training
+    videos (as the evaluation renders them), with their true frames."""
     from mimicmotion.evaluation import select_clips
 
     sql, params = dm.split_sql("train", first_clip_only=True, limit=clips)
     clip_ids = select_clips(catalog, sql=sql, params=params)
     return str(dm.write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, steps=steps,
-                                      guidance=guidance, seed=seed, log=get_run_logger().info, device=device))
+                                      guidance=guidance, seed=seed, max_frames=max_frames, log=get_run_logger().info,
+                                      device=device))
 
 
 @task(name="adapt-decoder", cache_policy=NO_CACHE)
@@ -271,7 +273,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     if adapt_decoder_steps > 0:
         # pairs drawn with seeds apart from the evaluation's; sampled as the evaluation renders
         pairs = sample_decoder_pairs_task(str(catalog), str(base), run["model"], str(root / "decoder-pairs"),
-                                          adapt_clips, adapt_guidance, eval_steps, seed + 1000, device)
+                                          adapt_clips, adapt_guidance, eval_steps, seed + 1000, device, eval_frames)
         vae_metrics = dict(vae_metrics, adapted=dict(
             adapt_decoder_task(pairs, str(base / "vae"), str(root / "vae-adapted"), adapt_decoder_steps, seed,
                                device=device),

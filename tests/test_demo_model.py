@@ -605,7 +605,7 @@ def test_demo_model_flow_adapts_the_decoder_of_a_finished_model(tmp_path, faked_
     start_base, start_ckpt = str(work / "start" / "base"), str(work / "start" / dm.SHIPPED_CHECKPOINT)
     assert "train" not in calls
     assert calls["pairs"] == [(str(work / "catalog"), start_base, start_ckpt, str(work / "decoder-pairs"), 3, 1.0, 4,
-                               1000, "cpu")]
+                               1000, "cpu", 16)]  # the evaluation's frames (eval_frames)
     assert calls["adapt"] == [(str(work / "decoder-pairs"), start_base + "/vae", str(work / "vae-adapted"), 5, 0,
                                {"device": "cpu"})]
     (evaluated,) = calls["evaluate"]
@@ -659,7 +659,7 @@ def test_demo_model_flow_runs_every_stage_on_the_device_asked_for(tmp_path, fake
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     flow(str(tmp_path / "gpu"), continue_from=str(shipped), vae_continue_steps=4, train_steps=1,
          adapt_decoder_steps=2, adapt_clips=3, device="cuda")
-    assert calls["continue"][0][1]["device"] == "cuda" and calls["pairs"][0][-1] == "cuda"
+    assert calls["continue"][0][1]["device"] == "cuda" and calls["pairs"][0][-2] == "cuda"
     assert calls["adapt"][0][-1] == {"device": "cuda"} and calls["evaluate"][0]["device"] == "cuda"
     assert calls["train"][0]["use_gpu"] is True
 
