@@ -787,13 +787,12 @@ def checkpoint_digest(path) -> str:
 def record_shipped(work, checkpoint) -> None:
     """Note in ``work``'s shipped.json (atomically) that ``checkpoint`` was shipped from this work folder, so a
     re-run of the same continuation, whose source is now that shipped model, still resumes here."""
-    path = Path(work) / SHIPPED_RECORD
+    from mimicmotion.training.trainer import write_json_atomic
+
     digests = shipped_digests(work)
     digest = checkpoint_digest(checkpoint)
     if digest not in digests:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"shipped_sha256": sorted(digests | {digest})}, indent=2))
-        tmp.replace(path)
+        write_json_atomic(Path(work) / SHIPPED_RECORD, {"shipped_sha256": sorted(digests | {digest})})
 
 
 def shipped_digests(work) -> set:
