@@ -26,19 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-HELD_OUT_EVERY = 16  # as the flow's adapt_decoder_task
-
-
-def split_pairs(pairs: list, every: int = HELD_OUT_EVERY) -> tuple:
-    """(train, held out) as the flow splits them."""
-    return [p for i, p in enumerate(pairs) if i % every], pairs[::every]
-
-
 def adapt_variant(vae, pairs: list, variant: dict, steps: int, seed: int = 0) -> dict:
     """Adapt ``vae``'s decoder (in place) with ``variant`` over ``adapt_decoder``'s defaults; its metrics."""
     from mimicmotion import demo_model as dm
 
-    train, held = split_pairs(pairs)
+    train, held = dm.held_out_split(pairs)
     start = time.perf_counter()
     metrics = dm.adapt_decoder(vae, train, steps=steps, seed=seed, held_out=held, **variant)
     return dict(metrics, variant=variant, wall_s=time.perf_counter() - start)
@@ -61,7 +53,7 @@ def margins(vae, pairs: list) -> dict:
     """The model (pairs decoded with ``vae``) and copy-reference, on all pairs and on the held-out ones."""
     from mimicmotion import demo_model as dm
 
-    _, held = split_pairs(pairs)
+    _, held = dm.held_out_split(pairs)
     out = {}
     for name, chosen in (("all", pairs), ("held_out", held)):
         model, copy = dm.pair_scores(vae, chosen), copy_reference_scores(chosen)
@@ -80,7 +72,8 @@ def sampler_scores(work: Path, checkpoint: str, settings: list) -> dict:
 
     manifest = json.loads((work / "decoder-pairs" / dm.PAIRS_MANIFEST).read_text())
     identity = manifest["identity"]
-    held = sorted(manifest["clips"])[::HELD_OUT_EVERY]  # the order load_decoder_pairs reads them in
+    # the clips of the pairs load_decoder_pairs reads, in its order
+    _, held = dm.held_out_split([path.stem for path in dm._pair_files(work / "decoder-pairs")])
     catalog = str(work / "catalog")
     rows = clip_rows(catalog, held)
     clips = [load_eval_clip(catalog, c, rows[c], identity["resolution"], identity["max_frames"]) for c in held]

@@ -146,7 +146,7 @@ def sample_decoder_pairs_task(catalog: str, base_dir: str, checkpoint: str, out_
 
 @task(name="adapt-decoder", cache_policy=NO_CACHE)
 def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int,
-                       held_out_every: int = 16, device: str = "cpu") -> dict:
+                       held_out_every: int = dm.ADAPT_HELD_OUT_EVERY, device: str = "cpu") -> dict:
     """Adapt the VAE decoder to the sampled pairs (``dm.adapt_decoder``; every ``held_out_every``-th pair is
     held out and scored) and save it with its metrics into ``out_dir`` in one rename. An ``out_dir`` an earlier
     run saved from the same VAE, pairs and settings is kept; one from others is moved to
@@ -164,8 +164,7 @@ def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, s
         out.replace(aside)
         get_run_logger().info("%s was adapted with other pairs or settings; moved to %s", out, aside)
     pairs = dm.load_decoder_pairs(pairs_dir)
-    held = pairs[::held_out_every]
-    train = [p for i, p in enumerate(pairs) if i % held_out_every]
+    train, held = dm.held_out_split(pairs, held_out_every)
     vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir).to(device)
     metrics = dm.adapt_decoder(vae, train, steps=steps, seed=seed, held_out=held,
                                log=lambda m: get_run_logger().info("adapt decoder %s", m))

@@ -489,6 +489,12 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
 
 
 PAIRS_MANIFEST = "pairs.json"
+ADAPT_HELD_OUT_EVERY = 16  # every 16th pair is held out of the adaptation and scored
+
+
+def held_out_split(pairs: list, every: int = ADAPT_HELD_OUT_EVERY) -> tuple:
+    """(pairs to adapt on, pairs held out: every ``every``-th, from the first)."""
+    return [p for i, p in enumerate(pairs) if i % every], pairs[::every]
 
 
 def _hash_file(digest, path) -> None:

@@ -42,7 +42,7 @@ def test_decoder_probe_adapts_a_variant_and_measures_margins_on_the_flow_s_split
 
     vae = dm.demo_components(downscale=4)["vae"]
     pairs = _tiny_pairs(vae, 17)
-    train, held = probe.split_pairs(pairs)
+    train, held = dm.held_out_split(pairs)  # the flow's split, which the probe scores on
     assert len(train) == 15 and held[0] is pairs[0] and held[1] is pairs[16]
     result = probe.adapt_variant(vae, pairs, {"ssim_weight": 4.0, "crop": 4}, steps=2)
     assert result["ssim_weight"] == 4.0 and result["crop"] == 4 and result["held_out"] == 2 and result["step"] == 2
