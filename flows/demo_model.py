@@ -48,6 +48,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from mimicmotion import demo_model as dm  # noqa: E402
 from mimicmotion.errors import ConfigError  # noqa: E402
+from mimicmotion.training.trainer import write_json_atomic  # noqa: E402
 
 
 def _train_vae(synth_dir: str, out: Path, make_vae, steps: int, seed: int, label: str, *, set_scale: bool,
@@ -288,7 +289,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     vae_metrics = dict(vae_metrics, downscale=dm.vae_downscale(vae_config))
     summary = dict(data=dict(videos=videos, seed=seed, extra_train_videos=extra_train_videos), vae=vae_metrics,
                    train=run, evaluation=scores.get("summary", scores))
-    (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json_atomic(root / "summary.json", summary, default=str)
     if ship:
         card = dm.model_card(summary)
         record = [root / "summary.json", root / "vae" / "metrics.json",

@@ -1263,10 +1263,10 @@ def _gather(obj, world_size: int) -> list:
     return out
 
 
-def write_json_atomic(path: Path, value) -> None:
-    """``value`` as JSON into ``path`` in one rename."""
+def write_json_atomic(path: Path, value, default=None) -> None:
+    """``value`` as JSON into ``path`` in one rename (``default`` as in json.dumps)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=default) + "\n")
     os.replace(tmp, path)
 
 
