@@ -73,7 +73,7 @@ def sampler_scores(work: Path, checkpoint: str, settings: list) -> dict:
     manifest = json.loads((work / "decoder-pairs" / dm.PAIRS_MANIFEST).read_text())
     identity = manifest["identity"]
     # the clips of the pairs load_decoder_pairs reads, in its order
-    _, held = dm.held_out_split([path.stem for path in dm._pair_files(work / "decoder-pairs")])
+    _, held = dm.held_out_split([path.stem for path in dm.pair_files(work / "decoder-pairs")])
     catalog = str(work / "catalog")
     rows = clip_rows(catalog, held)
     clips = [load_eval_clip(catalog, c, rows[c], identity["resolution"], identity["max_frames"]) for c in held]

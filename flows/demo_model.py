@@ -48,7 +48,6 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from mimicmotion import demo_model as dm  # noqa: E402
 from mimicmotion.errors import ConfigError  # noqa: E402
-from mimicmotion.training.trainer import write_json_atomic  # noqa: E402
 
 
 def _train_vae(synth_dir: str, out: Path, make_vae, steps: int, seed: int, label: str, *, set_scale: bool,
@@ -186,6 +185,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     from flows.evaluate import evaluate
     from flows.train import train
     from mimicmotion.synthetic import generate_dataset
+    from mimicmotion.training.trainer import write_json_atomic
 
     if train_steps < 0 or (train_steps == 0 and not continue_from):
         raise ConfigError(f"train_steps must be >= 1, or 0 with continue_from (keep a finished model's UNet, e.g. to "

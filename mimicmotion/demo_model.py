@@ -605,7 +605,7 @@ def write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, *, ste
     return out
 
 
-def _pair_files(folder) -> list:
+def pair_files(folder) -> list:
     """The pair files of the clips the latest ``write_decoder_pairs`` asked for (its pairs.json ``clips``: a
     re-run with fewer clips keeps the others' files without using them); every pair file without that record."""
     files = sorted(p for p in Path(folder).glob("*.npz") if not p.name.startswith("."))
@@ -621,7 +621,7 @@ def pairs_digest(folder) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for path in _pair_files(folder):
+    for path in pair_files(folder):
         digest.update(path.name.encode() + b"\0")
         _hash_file(digest, path)
     return digest.hexdigest()
@@ -629,7 +629,7 @@ def pairs_digest(folder) -> str:
 
 def load_decoder_pairs(folder) -> list:
     """The pairs ``write_decoder_pairs`` wrote, in clip-id order."""
-    paths = _pair_files(folder)
+    paths = pair_files(folder)
     if not paths:
         raise ConfigError(f"no decoder pairs (*.npz) in {folder}; sample them first (write_decoder_pairs)")
     pairs = []
