@@ -180,7 +180,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                train_seed: Optional[int] = None, decay_steps: int = 0, vae_decoder_ssim_weight: float = 0.5,
                adapt_decoder_steps: int = 0, adapt_clips: int = 128, adapt_guidance: float = 2.0,
                vae_continue_steps: int = 0, vae_continue_ssim_weight: float = 2.0, device: str = "cpu",
-               vae_downscale: Optional[int] = None, extra_train_videos: int = 0) -> dict:
+               vae_downscale: Optional[int] = None, extra_train_videos: int = 0,
+               latent_cache_from: Optional[str] = None) -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
     from flows.train import train
@@ -196,6 +197,9 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                           f"continue_from={continue_from!r}, train_steps={train_steps}")
     if isinstance(extra_train_videos, bool) or not isinstance(extra_train_videos, int) or extra_train_videos < 0:
         raise ConfigError(f"extra_train_videos must be an integer >= 0, got {extra_train_videos!r}")
+    if latent_cache_from is not None and not Path(latent_cache_from).is_dir():
+        raise ConfigError(f"latent_cache_from: {latent_cache_from} is not a folder; give an earlier build's "
+                          f"run/latent_cache folder (or leave it out: the frames are then encoded as they come)")
     device = dm.check_device(device)
     root = Path(work)
     if continue_from:
@@ -260,6 +264,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     train_config = dict(dm.DEMO_TRAIN_CONFIG, lr=lr, seed=seed if train_seed is None else train_seed,
                         decay_steps=decay_steps,
                         latent_cache_frames=dm.demo_latent_cache_frames(videos + extra_train_videos))
+    if latent_cache_from is not None:  # an earlier build's posteriors (same encoder): those frames are not encoded
+        train_config["latent_cache_from"] = [str(Path(latent_cache_from).resolve())]
     if train_steps > 0:
         run = train(catalog=str(catalog), base_model=str(base), checkpoint=str(init), run_dir=str(root / "run"),
                     workers=workers, steps=train_steps, sql=train_sql, query_params=train_params, torch_threads=1,
@@ -342,6 +348,9 @@ def main(argv=None) -> int:
     ap.add_argument("--extra-train-videos", type=int, default=0,
                     help="this many more procedural videos (the next seed's) in the training split only; the test "
                          "split stays the --videos dataset's (default 0)")
+    ap.add_argument("--latent-cache-from", metavar="DIR",
+                    help="an earlier build's run/latent_cache folder (same VAE encoder: e.g. the build of the "
+                         "--continue-from model): its frames of this build's clips are not encoded again")
     ap.add_argument("--ship", action="store_true", help="copy the result into mimicmotion/assets/demo_model/")
     args = ap.parse_args(argv)
     summary = demo_model(args.work, args.videos, args.seed, args.vae_steps, args.train_steps, args.workers, args.lr,
@@ -352,7 +361,8 @@ def main(argv=None) -> int:
                          adapt_decoder_steps=args.adapt_decoder_steps, adapt_clips=args.adapt_clips,
                          adapt_guidance=args.adapt_guidance, vae_continue_steps=args.vae_continue_steps,
                          vae_continue_ssim_weight=args.vae_continue_ssim_weight, device=args.device,
-                         vae_downscale=args.vae_downscale, extra_train_videos=args.extra_train_videos)
+                         vae_downscale=args.vae_downscale, extra_train_videos=args.extra_train_videos,
+                         latent_cache_from=args.latent_cache_from)
     print(json.dumps(summary.get("evaluation"), indent=2, default=str))
     return 0
 

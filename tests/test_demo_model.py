@@ -557,6 +557,22 @@ def test_demo_model_flow_adds_extra_videos_to_the_training_split_only(tmp_path, 
     assert "more training videos" not in dm.model_card(summary)
     with pytest.raises(ConfigError, match="extra_train_videos must be an integer >= 0"):
         flow(str(tmp_path / "bad"), train_steps=1, extra_train_videos=-1)
+    assert "latent_cache_from" not in calls["train"][0]["config"]
+
+
+def test_demo_model_flow_starts_from_an_earlier_builds_latent_cache(tmp_path, faked_flow):
+    """--latent-cache-from reaches the training config as an absolute folder; a missing one is refused before
+    anything is generated."""
+    flow, calls = faked_flow["flow"], faked_flow["calls"]
+    earlier = tmp_path / "earlier" / "run" / "latent_cache"
+    earlier.mkdir(parents=True)
+    flow(str(tmp_path / "more"), vae_steps=20, train_steps=1, extra_train_videos=8,
+         latent_cache_from=str(earlier / ".." / "latent_cache"))
+    assert calls["train"][0]["config"]["latent_cache_from"] == [str(earlier.resolve())]
+    calls.clear()
+    with pytest.raises(ConfigError, match="latent_cache_from: .*missing is not a folder; give an earlier build's"):
+        flow(str(tmp_path / "bad"), train_steps=1, latent_cache_from=str(tmp_path / "missing"))
+    assert not calls and not (tmp_path / "bad").exists()
 
 
 def test_demo_model_flow_refuses_a_second_continuation_in_one_work_folder(tmp_path, faked_flow, monkeypatch):

@@ -253,15 +253,18 @@ def test_shards_seeds_and_epochs(catalog):
     assert {other_seed[i]["clip_id"]: other_seed[i]["source_frames"].tolist() for i in range(4)} != windows[0]
 
 
-def test_frames_digest_names_the_frames_not_the_shard(catalog):
+def test_clip_fingerprints_name_each_clips_frames_not_the_run(catalog):
     root, _, clips = catalog
     ids = sorted(clips)
-    digest = make(root, ids).frames_digest()
-    assert len(digest) == 64
-    # the same frames whatever the rank, seed or input order (a persisted latent cache is shared by the ranks)
-    assert make(root, ids[::-1], seed=5, rank=1, world_size=2).frames_digest() == digest
-    assert make(root, ids[:2]).frames_digest() != digest  # other clips
-    assert TrainingClips(root, ids, num_frames=F, height=2 * H, width=2 * W).frames_digest() != digest  # other size
+    prints = make(root, ids).clip_fingerprints()
+    assert sorted(prints) == ids and all(len(v) == 64 for v in prints.values())
+    assert len(set(prints.values())) == len(ids)
+    # the same whatever the rank, seed, input order or the other clips (a persisted latent cache is shared by
+    # the ranks, and read by a later run on more clips)
+    assert make(root, ids[::-1], seed=5, rank=1, world_size=2).clip_fingerprints() == prints
+    assert make(root, ids[:2]).clip_fingerprints() == {k: prints[k] for k in ids[:2]}
+    other_size = TrainingClips(root, ids, num_frames=F, height=2 * H, width=2 * W).clip_fingerprints()
+    assert all(other_size[k] != prints[k] for k in ids)  # other pixels: the cache must not mix them
 
 
 def test_set_epoch_reaches_persistent_workers_and_collate(catalog):

@@ -276,7 +276,7 @@ def test_latent_cache_saves_and_loads_what_it_encoded(tmp_path, caplog):
     vae = CountingVAE(prepare_modules(tiny_components(0), config(), "cpu").vae)
     frames = torch.rand((6, 3, H, W)) * 2 - 1
     keys = [("clip a", k) for k in range(3)] + [("clip|b", k) for k in range(3)]
-    identity = {"vae": tr.module_digest(vae.vae), "size": f"{H}x{W}"}
+    identity = {"encoder": tr.encoder_digest(vae.vae), "size": f"{H}x{W}"}
     cache = LatentCache(max_frames=10)
     mean, std = cache.posteriors(vae, frames[:4], keys[:4], 3)
     assert cache.save(tmp_path / "a.safetensors", identity) == 4
@@ -293,14 +293,14 @@ def test_latent_cache_saves_and_loads_what_it_encoded(tmp_path, caplog):
     assert fresh.save(tmp_path / "c.safetensors", identity) == 0  # loaded frames are not written again
     assert LatentCache(max_frames=5).load(tmp_path, identity) == 5  # room for 5
 
-    # another VAE's (or other frames') posteriors are not used; a damaged file is skipped with a warning
-    other = {**identity, "vae": tr.module_digest(prepare_modules(tiny_components(1), config(), "cpu").vae)}
-    assert other["vae"] != identity["vae"]
+    # another VAE encoder's posteriors are not used; a damaged file is skipped with a warning
+    other = {**identity, "encoder": tr.encoder_digest(prepare_modules(tiny_components(1), config(), "cpu").vae)}
+    assert other["encoder"] != identity["encoder"]
     (tmp_path / "d.safetensors").write_bytes(b"not a safetensors file")
     with caplog.at_level("WARNING", logger="mimicmotion.training.trainer"):
         assert LatentCache(max_frames=10).load(tmp_path, other) == 0
         assert LatentCache(max_frames=10).load(tmp_path, identity) == 6
-    assert "another VAE or other frames" in caplog.text and "d.safetensors is unreadable" in caplog.text
+    assert "another VAE encoder or training size" in caplog.text and "d.safetensors is unreadable" in caplog.text
     assert LatentCache(max_frames=10).load(tmp_path / "missing", identity) == 0
     # two ranks: each picks up what the other wrote since, and reads no file twice
     rank0, rank1 = LatentCache(max_frames=10), LatentCache(max_frames=10)
@@ -310,11 +310,43 @@ def test_latent_cache_saves_and_loads_what_it_encoded(tmp_path, caplog):
     rank1.save(tmp_path / "ranks" / "rank1.safetensors", identity)
     assert rank0.load(tmp_path / "ranks", identity) == 1 and rank1.load(tmp_path / "ranks", identity) == 1
     assert len(rank0) == len(rank1) == 3 and rank0.load(tmp_path / "ranks", identity) == 0
+
+    # per clip: frames written with a clip's fingerprint are read by a run that fingerprints it the same
+    # (another folder, more clips), never by one that does not, nor for clips it does not train on
+    prints = {"clip a": "A1", "clip|b": "B1"}
+    writer = LatentCache(max_frames=10)
+    writer.posteriors(vae, frames, keys, 3)
+    writer.save(tmp_path / "prints" / "run1.safetensors", identity, prints)
+    assert LatentCache(max_frames=10).load(tmp_path / "prints", identity, clips=prints) == 6
+    assert LatentCache(max_frames=10).load(tmp_path / "prints", identity, clips={"clip a": "A1", "c": "C"}) == 3
+    assert LatentCache(max_frames=10).load(tmp_path / "prints", identity, clips={"clip a": "A2"}) == 0
+    assert LatentCache(max_frames=10).load(tmp_path / "prints", identity) == 0  # unknown clips: not these
+    assert LatentCache(max_frames=10).load(tmp_path, identity, clips=prints) == 0  # written as unknown
     with pytest.raises(ConfigError, match="set latent_cache_frames > 0"):
         config(persist_latent_cache=True)
     with pytest.raises(ConfigError, match="persist_latent_cache must be true or false"):
         config(latent_cache_frames=8, persist_latent_cache="yes")
-    assert config_differences(config().to_dict(), config(latent_cache_frames=8, persist_latent_cache=True)) == []
+    with pytest.raises(ConfigError, match="latent_cache_from must be a list of folders"):
+        config(latent_cache_frames=8, latent_cache_from=str(tmp_path))
+    with pytest.raises(ConfigError, match="is not a folder; give the latent_cache folder of an earlier run"):
+        config(latent_cache_frames=8, latent_cache_from=[str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match="latent_cache_from needs the in-memory cache"):
+        config(latent_cache_from=[str(tmp_path)])
+    assert config(latent_cache_frames=8, latent_cache_from=[str(tmp_path)]).latent_cache_from == (str(tmp_path),)
+    assert config_differences(config().to_dict(), config(latent_cache_frames=8, persist_latent_cache=True,
+                                                         latent_cache_from=[str(tmp_path)])) == []
+
+
+def test_encoder_digest_ignores_the_decoder():
+    vae = prepare_modules(tiny_components(0), config(), "cpu").vae
+    digest = tr.encoder_digest(vae)
+    with torch.no_grad():
+        next(vae.decoder.parameters()).add_(1.0)  # a decoder trained on: the posteriors are the same
+        assert tr.encoder_digest(vae) == digest and tr.module_digest(vae) != digest
+        next(vae.encoder.parameters()).add_(1.0)
+    assert tr.encoder_digest(vae) != digest
+    plain = torch.nn.Linear(2, 2)  # no encoder: the whole module
+    assert tr.encoder_digest(plain) == tr.module_digest(plain)
 
 
 def test_a_resumed_run_starts_with_the_persisted_latents(tmp_path, caplog):
@@ -344,6 +376,16 @@ def test_a_resumed_run_starts_with_the_persisted_latents(tmp_path, caplog):
         train(dataclasses.replace(cfg, steps=5), run_dir=run, components=dict(
             tiny_components(0), vae=tiny_components(1)["vae"]), dataset=ListDataset(items))
     assert "latent cache starts with 0 frame(s)" in caplog.text and "another VAE" in caplog.text
+    # a new run folder started from the crashed run's posteriors: nothing of its clips is encoded again,
+    # and the same weights
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mimicmotion.training.trainer"):
+        seeded = train(dataclasses.replace(cfg, latent_cache_from=(str(run / tr.LATENT_CACHE_DIR),)),
+                       run_dir=tmp_path / "seeded", components=tiny_components(0), dataset=ListDataset(items))
+    assert "latent cache starts with 0 frame(s)" in caplog.text
+    assert f"latent cache: {4 * (1 + F)} more frame(s) of this run's clips from {run / tr.LATENT_CACHE_DIR}" in caplog.text
+    c = weights(seeded.checkpoint / MODEL_FILE)
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_loss_goes_down_on_a_fixed_batch():
@@ -619,6 +661,9 @@ def test_train_cli_passes_the_latent_cache_options():
     base = ["train", "--catalog", "c", "--base-model", "b", "--run-dir", "r"]
     args = build_parser().parse_args(base + ["--latent-cache-frames", "4096", "--persist-latent-cache"])
     assert config_overrides(args) == {"latent_cache_frames": 4096, "persist_latent_cache": True}
+    args = build_parser().parse_args(base + ["--latent-cache-frames", "8", "--latent-cache-from", "a",
+                                             "--latent-cache-from", "b"])
+    assert config_overrides(args) == {"latent_cache_frames": 8, "latent_cache_from": ["a", "b"]}
     assert config_overrides(build_parser().parse_args(base)) == {}
     with pytest.raises(ConfigError, match="set latent_cache_frames > 0"):
         TrainConfig.from_dict(config_overrides(build_parser().parse_args(base + ["--persist-latent-cache"]))).validate()

@@ -51,6 +51,8 @@ def config_overrides(args) -> dict:
         values["gradient_checkpointing"] = True
     if args.persist_latent_cache:
         values["persist_latent_cache"] = True
+    if args.latent_cache_from:
+        values["latent_cache_from"] = list(args.latent_cache_from)
     return values
 
 
@@ -137,6 +139,9 @@ def add_train_command(subparsers) -> None:
                    help="frames whose VAE posterior each worker keeps in memory (default: 0 = encode every step)")
     t.add_argument("--persist-latent-cache", action="store_true",
                    help="also keep the cached posteriors in the run folder, so a resumed run does not encode again")
+    t.add_argument("--latent-cache-from", action="append", metavar="DIR",
+                   help="also start from the posteriors persisted in DIR (an earlier run's latent_cache folder, same "
+                        "VAE encoder): its frames of this run's clips are not encoded again; repeatable")
     t.add_argument("--config", default=None, help="JSON file of TrainConfig fields (options given here win)")
     t.add_argument("--query", default="training_clips", help="named catalog query choosing the clips")
     t.add_argument("--param", action="append", metavar="KEY=VALUE", help="parameter of the named query or SQL")

@@ -273,12 +273,14 @@ class TrainingClips(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._order)  # the same for every epoch
 
-    def frames_digest(self) -> str:
-        """SHA-256 of what decides a (clip id, source frame)'s pixels: each clip's video (path, size), crop and
-        the training size. A persisted latent cache is valid only for the same digest."""
-        rows = [(c.clip_id, c.source_path, c.size_bytes, [float(v) for v in c.crop]) for c in self._clips]
-        text = json.dumps({"size": [self.height, self.width], "clips": sorted(rows)}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+    def clip_fingerprints(self) -> dict[str, str]:
+        """Per clip id, SHA-256 of what else decides its frames' pixels: the video's size in bytes, the crop and
+        the training size (the clip id itself names the video's content: it is made from the video's hash).
+        Persisted latents of a clip are valid in any run that fingerprints it the same, whatever the run folder,
+        rank, seed or other clips; the path is left out so a copy of the videos elsewhere keeps them."""
+        return {c.clip_id: hashlib.sha256(json.dumps(
+                    [c.clip_id, c.size_bytes, [float(v) for v in c.crop], [self.height, self.width]]).encode()
+                ).hexdigest() for c in self._clips}
 
     @property
     def clip_ids(self) -> list[str]:

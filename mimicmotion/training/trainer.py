@@ -68,6 +68,8 @@ MODEL_FILE = "model.safetensors"  # what load_pipeline reads: EMA weights when E
 RAW_MODEL_FILE = "model_raw.safetensors"  # the optimised (non-EMA) weights, only when EMA is on
 STATE_FILE = "train_state.pt"
 LATENT_CACHE_DIR = "latent_cache"  # persisted VAE posteriors (persist_latent_cache)
+LATENT_CACHE_FORMAT = "2"  # 2: validity per clip (fingerprints) and per VAE encoder; 1 was per dataset and VAE
+UNKNOWN_CLIP = "unknown"  # the fingerprint of a clip whose dataset cannot fingerprint it
 STATE_FORMAT = 1
 METRICS_FILE = "metrics.csv"
 VALIDATION_FILE = "validation.csv"
@@ -80,7 +82,7 @@ VALIDATION_COLUMNS = ("step", "psnr", "ssim", "video")
 # Settings a resumed run may change (they do not alter what a step computes); anything else must match.
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_steps",
                      "validation_fps", "log_every", "data_workers", "latent_cache_frames",
-                     "persist_latent_cache")
+                     "persist_latent_cache", "latent_cache_from")
 
 
 # ================================================================================================ config
@@ -136,8 +138,12 @@ class TrainConfig:
     latent_cache_frames: int = 0
     # Also keep the cached posteriors on disk (``<run>/latent_cache/``): each rank writes the frames it encoded
     # since the last checkpoint at each checkpoint, and a resumed run (every rank) starts with all of them, so
-    # a restart does not encode the dataset again. Valid only for the same VAE weights and frames (checked).
+    # a restart does not encode the dataset again. Valid only for the same VAE encoder and frames (checked).
     persist_latent_cache: bool = False
+    # More folders of persisted posteriors to start from, read only: e.g. an earlier run's ``latent_cache`` when
+    # this run trains on with the same VAE encoder on more clips. Their frames of this run's clips are used
+    # where the clip's fingerprint (video, crop, training size) is the same; nothing else is read.
+    latent_cache_from: tuple = ()
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError naming the first bad field and what it accepts; returns self."""
@@ -220,6 +226,15 @@ class TrainConfig:
         if self.persist_latent_cache and not self.latent_cache_frames:
             raise ConfigError("persist_latent_cache needs the in-memory cache: set latent_cache_frames > 0 (e.g. the "
                               "number of distinct frames the clips and their references cover)")
+        if isinstance(self.latent_cache_from, (str, bytes)) or not isinstance(self.latent_cache_from, (list, tuple)):
+            raise ConfigError(f"latent_cache_from must be a list of folders, got {self.latent_cache_from!r}")
+        for folder in self.latent_cache_from:
+            if not isinstance(folder, str) or not Path(folder).is_dir():
+                raise ConfigError(f"latent_cache_from: {folder!r} is not a folder; give the latent_cache folder of an "
+                                  f"earlier run (<run>/{LATENT_CACHE_DIR})")
+        if self.latent_cache_from and not self.latent_cache_frames:
+            raise ConfigError("latent_cache_from needs the in-memory cache: set latent_cache_frames > 0")
+        self.latent_cache_from = tuple(self.latent_cache_from)
         return self
 
     def to_dict(self) -> dict:
@@ -504,10 +519,11 @@ class LatentCache:
         pairs = [self._posteriors.get(key) or fresh[key] for key in keys]
         return torch.stack([m for m, _ in pairs]), torch.stack([s for _, s in pairs])
 
-    def save(self, path, identity: dict) -> int:
+    def save(self, path, identity: dict, clips: Optional[dict] = None) -> int:
         """Write the posteriors cached since the last save to the safetensors file ``path`` (atomically;
-        nothing when there are none), tagged with ``identity`` (str -> str: what they are valid for).
-        Returns how many were written."""
+        nothing when there are none), tagged with ``identity`` (str -> str: the encoder and size they are valid
+        for) and the fingerprint in ``clips`` (clip id -> str, e.g. ``TrainingClips.clip_fingerprints()``;
+        None: unknown) of each clip they belong to. Returns how many were written."""
         from safetensors.torch import save_file
 
         if not self._unsaved:
@@ -519,7 +535,9 @@ class LatentCache:
             mean, std = self._posteriors[key]
             tensors[f"{i}.mean"] = mean.detach().cpu().contiguous()
             tensors[f"{i}.std"] = std.detach().cpu().contiguous()
-        metadata = {**identity, "keys": json.dumps([[clip, int(frame)] for clip, frame in self._unsaved])}
+        written = sorted({clip for clip, _ in self._unsaved})
+        metadata = {**identity, "keys": json.dumps([[clip, int(frame)] for clip, frame in self._unsaved]),
+                    "clips": json.dumps({clip: _clip_fingerprint(clips, clip) or UNKNOWN_CLIP for clip in written})}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
@@ -527,10 +545,12 @@ class LatentCache:
         count, self._unsaved = len(self._unsaved), []
         return count
 
-    def load(self, folder, identity: dict, device=None) -> int:
+    def load(self, folder, identity: dict, device=None, clips: Optional[dict] = None) -> int:
         """Add the posteriors of every ``*.safetensors`` file in ``folder`` written with the same ``identity``
-        (others are skipped with a warning: another VAE or other frames), while there is room; a file read or
-        written before is not read again. Returns how many were added."""
+        (others are skipped with a warning: another VAE encoder or training size), while there is room: the
+        frames of the clips in ``clips`` written with the same fingerprint (``clips`` None: the frames of clips
+        of unknown fingerprint); other clips' frames are left alone. A file read or written before is not read
+        again. Returns how many were added."""
         from safetensors import SafetensorError, safe_open
 
         folder = Path(folder)
@@ -548,9 +568,12 @@ class LatentCache:
                     if any(metadata.get(k) != v for k, v in identity.items()):
                         foreign.append(path.name)
                         continue
+                    fingerprints = json.loads(metadata["clips"])
                     for i, (clip, frame) in enumerate(json.loads(metadata["keys"])):
                         key = (clip, int(frame))
-                        if key in self._posteriors or len(self._posteriors) >= self.max_frames:
+                        expected = _clip_fingerprint(clips, clip)
+                        if (expected is None or fingerprints.get(clip) != expected or key in self._posteriors
+                                or len(self._posteriors) >= self.max_frames):
                             continue
                         self._posteriors[key] = (handle.get_tensor(f"{i}.mean").to(device),
                                                  handle.get_tensor(f"{i}.std").to(device))
@@ -558,8 +581,9 @@ class LatentCache:
             except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:  # damaged: encode again
                 log.warning("latent cache file %s is unreadable (%s); its frames will be encoded again", path, error)
         if foreign:
-            log.warning("latent cache: %d file(s) in %s were written for another VAE or other frames and are not "
-                        "used (%s); delete them to free the space", len(foreign), folder, ", ".join(foreign[:3]))
+            log.warning("latent cache: %d file(s) in %s were written for another VAE encoder or training size (or by "
+                        "an older version) and are not used (%s); delete them to free the space", len(foreign), folder,
+                        ", ".join(foreign[:3]))
         return added
 
 
@@ -573,12 +597,24 @@ def module_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def latent_cache_identity(vae: nn.Module, dataset, config: TrainConfig) -> dict:
-    """What persisted posteriors are valid for: the VAE's weights and dtype, the training size, and the
-    dataset's frames when it can say (``frames_digest()``, as TrainingClips does)."""
-    frames = dataset.frames_digest() if callable(getattr(dataset, "frames_digest", None)) else "unknown"
-    return {"format": "1", "vae": module_digest(vae), "vae_dtype": str(next(vae.parameters()).dtype),
-            "size": f"{config.height}x{config.width}", "frames": frames}
+def encoder_digest(vae: nn.Module) -> str:
+    """:func:`module_digest` of what a VAE posterior depends on: a diffusers VAE's ``encoder`` and ``quant_conv``
+    (a decoder trained on leaves persisted posteriors valid); the whole module for a VAE without an encoder."""
+    parts = {name: getattr(vae, name, None) for name in ("encoder", "quant_conv")}
+    parts = {name: part for name, part in parts.items() if isinstance(part, nn.Module)}
+    return module_digest(nn.ModuleDict(parts) if "encoder" in parts else vae)
+
+
+def latent_cache_identity(vae: nn.Module, config: TrainConfig) -> dict:
+    """What persisted posteriors are valid for, besides each clip's fingerprint: the VAE encoder's weights and
+    dtype and the training size."""
+    return {"format": LATENT_CACHE_FORMAT, "encoder": encoder_digest(vae),
+            "vae_dtype": str(next(vae.parameters()).dtype), "size": f"{config.height}x{config.width}"}
+
+
+def _clip_fingerprint(clips: Optional[dict], clip: str) -> Optional[str]:
+    """What a persisted clip's fingerprint must be for this run (None: the clip is not this run's)."""
+    return UNKNOWN_CLIP if clips is None else clips.get(clip)
 
 
 def frame_keys(batch: dict) -> list:
@@ -1360,12 +1396,18 @@ def train(config: TrainConfig, *, run_dir, catalog_root=None, clip_ids: Optional
         resumed_from = trainer.step
         log.info("rank %d: resuming %s from %s (step %d)", rank, run, checkpoint.name, trainer.step)
     stream = BatchStream(dataset, config.batch_size, collate, config.data_workers, **data_state)
-    cache_folder = cache_identity = None
-    if config.persist_latent_cache:
-        cache_folder = run / LATENT_CACHE_DIR
-        cache_identity = latent_cache_identity(modules.vae, dataset, config)
-        loaded = modules.latent_cache.load(cache_folder, cache_identity, modules.device)
-        log.info("rank %d: latent cache starts with %d frame(s) from %s", rank, loaded, cache_folder)
+    cache_folder = cache_identity = cache_clips = None
+    if modules.latent_cache is not None:
+        cache_identity = latent_cache_identity(modules.vae, config)
+        fingerprints = getattr(dataset, "clip_fingerprints", None)
+        cache_clips = fingerprints() if callable(fingerprints) else None
+        if config.persist_latent_cache:
+            cache_folder = run / LATENT_CACHE_DIR
+            loaded = modules.latent_cache.load(cache_folder, cache_identity, modules.device, cache_clips)
+            log.info("rank %d: latent cache starts with %d frame(s) from %s", rank, loaded, cache_folder)
+        for folder in config.latent_cache_from:
+            loaded = modules.latent_cache.load(folder, cache_identity, modules.device, cache_clips)
+            log.info("rank %d: latent cache: %d more frame(s) of this run's clips from %s", rank, loaded, folder)
 
     metrics_path = run / METRICS_FILE
     if rank == 0:
@@ -1402,7 +1444,8 @@ def train(config: TrainConfig, *, run_dir, catalog_root=None, clip_ids: Optional
         is_checkpoint = step % config.checkpoint_every == 0 or step == config.steps
         if is_checkpoint:
             if cache_folder is not None:
-                modules.latent_cache.save(cache_folder / f"rank{rank}-step{step:08d}.safetensors", cache_identity)
+                modules.latent_cache.save(cache_folder / f"rank{rank}-step{step:08d}.safetensors", cache_identity,
+                                          cache_clips)
             rank_states = _gather(trainer.rank_state(stream.state()), world_size)
             if rank == 0:
                 folder = save_training_checkpoint(run, modules, trainer, rank_states, keep=config.keep_checkpoints)
@@ -1411,7 +1454,7 @@ def train(config: TrainConfig, *, run_dir, catalog_root=None, clip_ids: Optional
             if world_size > 1:
                 torch.distributed.barrier()
                 if cache_folder is not None:  # what the other ranks encoded since the last checkpoint
-                    modules.latent_cache.load(cache_folder, cache_identity, modules.device)
+                    modules.latent_cache.load(cache_folder, cache_identity, modules.device, cache_clips)
         if report is not None and (step % config.log_every == 0 or is_checkpoint):
             report(row)
     final = latest_checkpoint(run)
