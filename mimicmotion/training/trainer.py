@@ -537,7 +537,7 @@ class LatentCache:
             tensors[f"{i}.std"] = std.detach().cpu().contiguous()
         written = sorted({clip for clip, _ in self._unsaved})
         metadata = {**identity, "keys": json.dumps([[clip, int(frame)] for clip, frame in self._unsaved]),
-                    "clips": json.dumps({clip: _clip_fingerprint(clips, clip) or UNKNOWN_CLIP for clip in written})}
+                    "clips": json.dumps({clip: (clips or {}).get(clip, UNKNOWN_CLIP) for clip in written})}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
