@@ -386,6 +386,12 @@ def test_a_resumed_run_starts_with_the_persisted_latents(tmp_path, caplog):
     assert f"latent cache: {4 * (1 + F)} more frame(s) of this run's clips from {run / tr.LATENT_CACHE_DIR}" in caplog.text
     c = weights(seeded.checkpoint / MODEL_FILE)
     assert all(torch.equal(a[k], c[k]) for k in a)
+    # the seeded run wrote them into its own folder: resumed without the other folder, it encodes nothing again
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mimicmotion.training.trainer"):
+        train(dataclasses.replace(cfg, steps=5), run_dir=tmp_path / "seeded", components=tiny_components(0),
+              dataset=ListDataset(items))
+    assert f"latent cache starts with {4 * (1 + F)} frame(s)" in caplog.text
 
 
 def test_loss_goes_down_on_a_fixed_batch():

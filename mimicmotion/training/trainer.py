@@ -545,12 +545,13 @@ class LatentCache:
         count, self._unsaved = len(self._unsaved), []
         return count
 
-    def load(self, folder, identity: dict, device=None, clips: Optional[dict] = None) -> int:
+    def load(self, folder, identity: dict, device=None, clips: Optional[dict] = None, adopt: bool = False) -> int:
         """Add the posteriors of every ``*.safetensors`` file in ``folder`` written with the same ``identity``
         (others are skipped with a warning: another VAE encoder or training size), while there is room: the
         frames of the clips in ``clips`` written with the same fingerprint (``clips`` None: the frames of clips
         of unknown fingerprint); other clips' frames are left alone. A file read or written before is not read
-        again. Returns how many were added."""
+        again. ``adopt``: the next :meth:`save` writes the added frames too (an earlier run's posteriors taken
+        into this run's own folder). Returns how many were added."""
         from safetensors import SafetensorError, safe_open
 
         folder = Path(folder)
@@ -577,6 +578,8 @@ class LatentCache:
                             continue
                         self._posteriors[key] = (handle.get_tensor(f"{i}.mean").to(device),
                                                  handle.get_tensor(f"{i}.std").to(device))
+                        if adopt:
+                            self._unsaved.append(key)
                         added += 1
             except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:  # damaged: encode again
                 log.warning("latent cache file %s is unreadable (%s); its frames will be encoded again", path, error)
@@ -1406,7 +1409,9 @@ def train(config: TrainConfig, *, run_dir, catalog_root=None, clip_ids: Optional
             loaded = modules.latent_cache.load(cache_folder, cache_identity, modules.device, cache_clips)
             log.info("rank %d: latent cache starts with %d frame(s) from %s", rank, loaded, cache_folder)
         for folder in config.latent_cache_from:
-            loaded = modules.latent_cache.load(folder, cache_identity, modules.device, cache_clips)
+            # rank 0 writes them into this run's folder at the next checkpoint, so a resume needs no other folder
+            loaded = modules.latent_cache.load(folder, cache_identity, modules.device, cache_clips,
+                                               adopt=cache_folder is not None and rank == 0)
             log.info("rank %d: latent cache: %d more frame(s) of this run's clips from %s", rank, loaded, folder)
 
     metrics_path = run / METRICS_FILE
