@@ -1,0 +1,461 @@
+"""Train the demo model on, on one GPU, from data made in memory: the stages of the shipped model that ran on a
+lent GPU machine (see benchmarks/RESULTS.md). That machine has PyTorch but none of Prefect, Ray, DuckDB or a video
+codec, and nothing can be installed there beyond a few carried wheels, so the `demo_model` flow cannot run on it.
+This script makes the same training items the flow's curate + train stages make, without files:
+
+    procedural videos (`generate_dataset`'s seeds and split) -> sidecar sampling and clip plans (`sample_sidecar`,
+    `plan_clips`, the demo flow's curation settings) -> crops, subject poses in crop coordinates, pose images
+    and hand masks (as `TrainingClips`) -> `Trainer.train_step`, the library's training step, unchanged.
+
+What differs from the flow, and why: frames are not written as H.264 and decoded, so by default they go through
+a YUV 4:2:0 round trip (BT.601, limited range, as `write_video` stores them) to look like the decoded frames
+the evaluation compares against (38 dB from the decoded frames, where the raw renders are 35 dB); the
+windows, references and epoch order are drawn from the same distributions as `TrainingClips` (uniform window,
+uniform reference among the video's subject frames, every clip once per epoch) but not from its per-clip
+seeds; all items sit on the GPU, and every frame's VAE posterior is encoded once before training (the
+library's `LatentCache`).
+
+    python benchmarks/demo_continue_gpu.py --start mimicmotion/assets/demo_model --out /tmp/gpu-stage \\
+        --extra-videos 2048 --batch-size 16 --deadline-s 500
+
+``--deadline-s`` bounds the whole run: after the data and a short timing of the step on a copy of the model,
+the number of steps is chosen to end training by then (or give ``--steps``). The learning rate warms up for
+``--warmup-steps`` and falls linearly to 0 over the last ``--decay-fraction`` of the steps. Writes into
+``--out``: the weights (``model.safetensors``, and the same tensors split into parts under ``--part-mib``
+MiB each, for transfers that limit file sizes; `merge_parts` joins them), ``metrics.csv`` (one row per
+step, the train flow's columns less max_rss_mb) and ``summary.json`` (data, config, timings, losses).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+if importlib.util.find_spec("av") is None:
+    # mimicmotion.video imports PyAV at its top; nothing here reads or writes video, so a machine without
+    # PyAV (the GPU machine) gets an empty stand-in rather than an ImportError from curation's import chain.
+    # It has a spec (libraries probe packages with find_spec, which fails on a module without one) and no
+    # installed distribution, so those probes still find PyAV missing.
+    _stand_in = types.ModuleType("av")
+    _stand_in.__spec__ = importlib.machinery.ModuleSpec("av", loader=None)
+    sys.modules["av"] = _stand_in
+
+CSV_COLUMNS = ("step", "epoch", "loss", "hand_loss", "lr", "grad_norm", "step_time_s", "data_time_s", "samples_per_s",
+               "max_memory_mb", "wall_time")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Frames as the H.264 files hold them (pure)
+
+def yuv420_round_trip(frames: np.ndarray) -> np.ndarray:
+    """RGB uint8 (N, H, W, 3) through BT.601 limited-range YUV with 2x2-averaged chroma and back (chroma
+    upsampled bilinearly): what storing the frames as yuv420p H.264 does to them, less the codec's own loss.
+    Height and width must be even (the demo's 128 x 192 are)."""
+    import cv2
+
+    x = np.asarray(frames, dtype=np.float64)
+    n, h, w, _ = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"yuv420_round_trip needs even frame sizes, got {w}x{h}")
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = np.round(16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255)
+
+    def chroma(c):
+        half = np.round(c.reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4)))
+        return np.stack([cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for p in half])
+
+    cb = chroma(128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255)
+    cr = chroma(128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255)
+    yy, pb, pr = (y - 16) * 255 / 219, (cb - 128) * 255 / 224, (cr - 128) * 255 / 224
+    rgb = np.stack([yy + 1.402 * pr, yy - 0.344136 * pb - 0.714136 * pr, yy + 1.772 * pb], axis=-1)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------
+# One video's training material (runs in worker processes)
+
+def curation_settings():
+    from mimicmotion import demo_model as dm
+    from mimicmotion.curation import CurationSettings
+
+    # the demo_model flow's curate call
+    return CurationSettings(sample_stride=2, clip_length=24, min_clip_length=dm.DEMO_TILE_SIZE + 1, aspect="2:3",
+                            resolution=dm.DEMO_RESOLUTION).validate()
+
+
+def video_material(job: tuple) -> dict:
+    """Render video ``index`` of the dataset made with ``seed`` and make what its clips' training items need.
+
+    Returns ``frame_sets``: one per distinct crop of its clips, each ``frames`` and ``pose_images`` uint8
+    (S, H, W, 3) over the video's S sampled frames, ``hand_masks`` float32 (S, 1, H/f, W/f) on the latent
+    grid (f = ``latent_factor``) and ``valid`` (S,) bool (the frame has a subject pose: a reference
+    candidate); ``clips``: (frame set, start, stop) in sampled positions; ``seconds``: the time it took.
+    No clips when curation would reject the video."""
+    from mimicmotion import demo_model as dm
+    from mimicmotion.curation import VideoRejected, crop_and_resize, plan_clips, sample_sidecar, to_crop_coordinates
+    from mimicmotion.pose.draw import draw_pose
+    from mimicmotion.synthetic.clip import render_clip_detailed, sample_clip
+    from mimicmotion.synthetic.dataset import video_seed
+    from mimicmotion.training import objective
+
+    started = time.perf_counter()
+    seed, index, num_frames, fps, yuv420, latent_factor = job
+    width, height = dm.DEMO_WIDTH, dm.DEMO_HEIGHT
+    vseed = video_seed(seed, index)
+    app, motion = sample_clip(vseed, duration=num_frames / fps)
+    clip = render_clip_detailed(app, motion, vseed, width=width, height=height, num_frames=num_frames, fps=fps)
+    settings = curation_settings()
+    seq = sample_sidecar(clip.poses, fps, settings.sample_stride)
+    frames = {src: f for src, f in zip(seq.source_frames, (yuv420_round_trip(clip.frames[seq.source_frames])
+                                                            if yuv420 else clip.frames[seq.source_frames]))}
+    try:
+        plan = plan_clips(seq, settings)
+    except VideoRejected:
+        return {"frame_sets": [], "clips": [], "seconds": time.perf_counter() - started}
+    out_w, out_h = settings.output_size
+    subject = {}  # sampled position -> subject's person index (the curated poses table's is_subject rows)
+    for c in plan.clips:
+        for offset, s in enumerate(c.subjects):
+            subject[c.start + offset] = s
+    sets, set_of_crop, clips = [], {}, []
+    for c in plan.clips:
+        if c.crop not in set_of_crop:
+            set_of_crop[c.crop] = len(sets)
+            n = len(seq.frames)
+            images = np.zeros((n, out_h, out_w, 3), np.uint8)
+            masks = np.zeros((n, 1, out_h // latent_factor, out_w // latent_factor), np.float32)
+            crops = np.stack([crop_and_resize(frames[src], c.crop, out_w, out_h) for src in seq.source_frames])
+            valid = np.zeros(n, bool)
+            for pos, s in subject.items():
+                person = np.asarray(seq.frames[pos], np.float64)[s][None]
+                pose = to_crop_coordinates(person, c.crop, seq.width, seq.height)
+                images[pos] = draw_pose(pose, out_h, out_w)
+                masks[pos] = objective.hand_region_mask([pose], out_h, out_w, out_h // latent_factor,
+                                                        out_w // latent_factor)[0].numpy()
+                valid[pos] = True
+            sets.append({"frames": crops, "pose_images": images, "hand_masks": masks, "valid": valid})
+        clips.append((set_of_crop[c.crop], c.start, c.stop))
+    return {"frame_sets": sets, "clips": clips, "seconds": time.perf_counter() - started}
+
+
+def one_cv2_thread() -> None:
+    """Worker processes draw with one OpenCV (and torch) thread each: the pool already uses every core."""
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def dataset_jobs(seed: int, videos: int, extra_seed: int, extra_videos: int, num_frames: int, fps: float,
+                 yuv420: bool, latent_factor: int, test_fraction: float = 0.2) -> list:
+    """The training videos of the demo flow's data: the ``seed`` dataset's train split (its test split is held
+    out, as `generate_dataset` splits it) and all ``extra_videos`` of the ``extra_seed`` dataset."""
+    from mimicmotion.synthetic.dataset import is_test_video
+
+    base = [(seed, i) for i in range(videos) if not is_test_video(seed, i, test_fraction)]
+    extra = [(extra_seed, i) for i in range(extra_videos)]
+    return [(s, i, num_frames, fps, yuv420, latent_factor) for s, i in base + extra]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Items on the GPU
+
+class GpuClips:
+    """Every training clip's frames, pose images and hand masks as device tensors, and batches drawn from them
+    as `TrainingClips` draws items (every clip once per epoch in a seeded order; a uniform window of
+    ``num_frames``; a uniform reference among the video's subject frames, first in the item)."""
+
+    def __init__(self, materials: list, num_frames: int, device, seed: int):
+        import torch
+
+        sets, clips = [], []
+        for m in materials:
+            first = len(sets)
+            sets.extend(m["frame_sets"])
+            clips.extend((first + k, start, stop) for k, start, stop in m["clips"])
+        if not clips:
+            raise SystemExit("no training clip: every video was rejected by curation")
+        longest = max(len(s["valid"]) for s in sets)
+        self.positions = longest
+        pad = lambda a: np.concatenate([a, np.zeros((longest - len(a),) + a.shape[1:], a.dtype)])  # noqa: E731
+        self.frames = torch.from_numpy(np.stack([pad(s["frames"]) for s in sets])).to(device)
+        self.pose_images = torch.from_numpy(np.stack([pad(s["pose_images"]) for s in sets])).to(device)
+        self.hand_masks = torch.from_numpy(np.stack([pad(s["hand_masks"]) for s in sets])).to(device)
+        self.valid = [np.flatnonzero(s["valid"]) for s in sets]
+        self.clips = [c for c in clips if c[2] - c[1] >= num_frames]
+        self.num_frames, self.seed, self.device = num_frames, seed, device
+        self.epoch, self._order, self._next = -1, np.zeros(0, np.int64), 0
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @staticmethod
+    def set_key(index: int) -> str:
+        return f"set{index:06d}"
+
+    def _draw(self, rng: np.random.Generator) -> tuple:
+        if self._next >= len(self._order):
+            self.epoch += 1
+            self._order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.clips))
+            self._next = 0
+        k, start, stop = self.clips[int(self._order[self._next])]
+        self._next += 1
+        window = start + int(rng.integers(0, stop - start - self.num_frames + 1))
+        reference = int(self.valid[k][int(rng.integers(0, len(self.valid[k])))])
+        return k, [reference] + list(range(window, window + self.num_frames))
+
+    def batch(self, size: int, rng: np.random.Generator) -> dict:
+        import torch
+
+        draws = [self._draw(rng) for _ in range(size)]
+        sets = torch.tensor([[k] * (1 + self.num_frames) for k, _ in draws], device=self.device)
+        positions = torch.tensor([p for _, p in draws], device=self.device)
+
+        def images(t):  # uint8 (B, F, H, W, 3) -> float (B, F, 3, H, W) in [-1, 1], as pose_images_to_tensor
+            return t[sets, positions].permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+
+        return {"pixels": images(self.frames), "pose_images": images(self.pose_images),
+                "hand_mask": self.hand_masks[sets, positions], "clip_id": [self.set_key(k) for k, _ in draws],
+                "source_frames": torch.tensor([p for _, p in draws], dtype=torch.int64)}
+
+    def encode_all(self, vae, cache, chunk: int = 256) -> int:
+        """Every subject frame's VAE posterior into ``cache`` (keys as the batches name them). Returns the count."""
+        import torch
+
+        count = 0
+        with torch.no_grad():
+            keys, rows = [], []
+            for k, valid in enumerate(self.valid):
+                for p in valid:
+                    keys.append((self.set_key(k), int(p)))
+                    rows.append((k, int(p)))
+            for i in range(0, len(keys), chunk):
+                part = rows[i:i + chunk]
+                ks = torch.tensor([k for k, _ in part], device=self.device)
+                ps = torch.tensor([p for _, p in part], device=self.device)
+                frames = self.frames[ks, ps].permute(0, 3, 1, 2).float() / 127.5 - 1.0
+                cache.posteriors(vae, frames, keys[i:i + chunk], chunk)
+                count += len(part)
+        return count
+
+
+# ----------------------------------------------------------------------------------------------------
+# Weights in parts (pure I/O helpers)
+
+def split_parts(tensors: dict, max_bytes: int) -> list:
+    """Key groups (in key order) whose tensors together stay under ``max_bytes`` (a tensor larger than that
+    gets a group of its own)."""
+    groups, current, size = [], [], 0
+    for key in sorted(tensors):
+        nbytes = tensors[key].numel() * tensors[key].element_size()
+        if current and size + nbytes > max_bytes:
+            groups.append(current)
+            current, size = [], 0
+        current.append(key)
+        size += nbytes
+    if current:
+        groups.append(current)
+    return groups
+
+
+def merge_parts(part_paths, out_path) -> Path:
+    """Join safetensors parts (disjoint keys) into one checkpoint as `save_checkpoint` writes it."""
+    from safetensors.torch import load_file
+
+    from mimicmotion.loading import _atomic_save_safetensors
+
+    tensors: dict = {}
+    for path in part_paths:
+        part = load_file(str(path))
+        overlap = set(part) & set(tensors)
+        if overlap:
+            raise ValueError(f"{path} repeats {len(overlap)} tensors of an earlier part (e.g. {sorted(overlap)[0]})")
+        tensors.update(part)
+    return _atomic_save_safetensors(tensors, out_path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+def build(start: Path, config, device):
+    from mimicmotion import demo_model as dm
+    from mimicmotion.training.trainer import load_components, prepare_modules
+
+    base, checkpoint = dm.demo_model_paths(start)
+    return prepare_modules(load_components(base, checkpoint), config, device)
+
+
+def seconds_per_step(modules, config, data: GpuClips, steps: int = 12, warmup: int = 4) -> float:
+    """Median time of a training step on a copy of the model (the real one is left untouched)."""
+    import torch
+
+    from mimicmotion.training.trainer import Denoiser, Trainer
+
+    unet, pose_net = copy.deepcopy(modules.unet), copy.deepcopy(modules.pose_net)
+    twin = dataclasses.replace(modules, unet=unet, pose_net=pose_net, denoiser=Denoiser(unet, pose_net))
+    trainer = Trainer(twin, config)
+    saved_epoch, saved_order, saved_next = data.epoch, data._order, data._next
+    rng = np.random.default_rng(12345)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        trainer.train_step(data.batch(config.batch_size, rng))
+        torch.cuda.synchronize() if twin.device.type == "cuda" else None
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    data.epoch, data._order, data._next = saved_epoch, saved_order, saved_next
+    del trainer, twin, unet, pose_net
+    return float(np.median(times))
+
+
+def main(argv=None) -> dict:
+    import torch
+
+    from mimicmotion import demo_model as dm
+    from mimicmotion.loading import save_checkpoint
+    from mimicmotion.training.trainer import TrainConfig, Trainer
+
+    t_start = time.perf_counter()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--start", default=str(ROOT / "mimicmotion/assets/demo_model"), help="demo model folder")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0, help="the demo data's seed (its test split is held out)")
+    ap.add_argument("--videos", type=int, default=160, help="videos of the --seed dataset (train and test)")
+    ap.add_argument("--extra-videos", type=int, default=1024, help="training videos of the --seed + 1 dataset")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--warmup-steps", type=int, default=100)
+    ap.add_argument("--decay-fraction", type=float, default=0.5)
+    ap.add_argument("--train-seed", type=int, default=3)
+    ap.add_argument("--steps", type=int, help="training steps (default: as many as end by --deadline-s)")
+    ap.add_argument("--deadline-s", type=float, default=540.0, help="seconds from the start to the end of training")
+    ap.add_argument("--save-s", type=float, default=20.0, help="seconds kept after training for saving")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--no-yuv420", action="store_true", help="train on the raw renders")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--part-mib", type=float, default=15.0)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    # data, its hand masks on the start model's latent grid
+    t0 = time.perf_counter()
+    base, _ = dm.demo_model_paths(Path(args.start))
+    latent_factor = dm.vae_downscale(json.loads((Path(base) / "vae" / "config.json").read_text()))
+    jobs = dataset_jobs(args.seed, args.videos, args.seed + 1, args.extra_videos, num_frames=96, fps=24.0,
+                        yuv420=not args.no_yuv420, latent_factor=latent_factor)
+    if args.workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(args.workers, initializer=one_cv2_thread) as pool:
+            materials = list(pool.imap(video_material, jobs, chunksize=4))
+    else:
+        materials = [video_material(j) for j in jobs]
+    render_s = time.perf_counter() - t0
+    video_s = float(np.mean([m["seconds"] for m in materials]))  # one worker's time per video
+    config = TrainConfig(**dict(dm.DEMO_TRAIN_CONFIG, batch_size=args.batch_size, lr=args.lr,
+                                warmup_steps=args.warmup_steps, seed=args.train_seed, data_workers=0,
+                                persist_latent_cache=False, log_every=args.log_every,
+                                latent_cache_frames=len(jobs) * 96 + 1, steps=max(args.steps or 1, 1))).validate()
+    data = GpuClips(materials, config.num_frames, device, args.train_seed)
+    del materials
+    data_s = time.perf_counter() - t0
+    print(f"data: {len(jobs)} videos, {len(data)} clips, {data.frames.shape[0]} frame sets in {data_s:.0f} s "
+          f"({render_s:.0f} s rendering and drawing, {video_s:.2f} s a video in a worker; the rest onto the device)",
+          flush=True)
+
+    modules = build(Path(args.start), config, device)
+    t0 = time.perf_counter()
+    encoded = data.encode_all(modules.vae, modules.latent_cache)
+    encode_s = time.perf_counter() - t0
+    step_s = seconds_per_step(modules, config, data)
+    left = args.deadline_s - (time.perf_counter() - t_start) - args.save_s
+    steps = args.steps or max(1, int(left / step_s))
+    decay = min(steps, int(round(args.decay_fraction * steps)))
+    config = dataclasses.replace(config, steps=steps, decay_steps=decay).validate()
+    print(f"encoded {encoded} frames in {encode_s:.0f} s; {step_s * 1000:.1f} ms/step -> {steps} steps "
+          f"(decay over the last {decay})", flush=True)
+
+    trainer = Trainer(modules, config)
+    rng = np.random.default_rng([args.train_seed, 1])
+    metrics_path = out / "metrics.csv"
+    losses = []
+    with open(metrics_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        t_train = time.perf_counter()
+        window_loss = []
+        stopped_early = False
+        for step in range(1, steps + 1):
+            if time.perf_counter() - t_start > args.deadline_s + args.save_s:
+                # steps ran slower than timed: stop and save rather than be killed with nothing written
+                stopped_early, steps = True, step - 1
+                print(f"stopping after {steps} steps: past the deadline", flush=True)
+                break
+            t0 = time.perf_counter()
+            batch = data.batch(config.batch_size, rng)
+            t1 = time.perf_counter()
+            m = trainer.train_step(batch)
+            t2 = time.perf_counter()
+            window_loss.append(m["loss"])
+            losses.append(m["loss"])
+            # the loss is a float already (the step synchronised), so a row per step costs nothing
+            writer.writerow(dict(step=step, epoch=data.epoch, loss=m["loss"], hand_loss=m["hand_loss"], lr=m["lr"],
+                                 grad_norm=m["grad_norm"], step_time_s=t2 - t1, data_time_s=t1 - t0,
+                                 samples_per_s=config.batch_size / max(t2 - t0, 1e-9),
+                                 max_memory_mb=(torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                                                else float("nan")), wall_time=time.time()))
+            if step % config.log_every == 0 or step == steps:
+                fh.flush()
+                print(f"step {step}/{steps} loss {np.mean(window_loss):.4f} (last {len(window_loss)}) lr {m['lr']:.2e} "
+                      f"epoch {data.epoch} {time.perf_counter() - t_train:.0f} s", flush=True)
+                window_loss = []
+        train_s = time.perf_counter() - t_train
+
+    model = save_checkpoint({"unet": modules.unet, "pose_net": modules.pose_net}, out / "model.safetensors")
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(model))
+    parts = []
+    for i, keys in enumerate(split_parts(tensors, int(args.part_mib * 2**20))):
+        path = out / f"model.part{i + 1}.safetensors"
+        save_file({k: tensors[k] for k in keys}, str(path), metadata={"format": "pt"})
+        parts.append(path.name)
+    summary = dict(
+        data=dict(seed=args.seed, videos=args.videos, extra_seed=args.seed + 1, extra_videos=args.extra_videos,
+                  training_videos=len(jobs), clips=len(data), yuv420=not args.no_yuv420, seconds=round(data_s, 1),
+                  render_seconds=round(render_s, 1), seconds_per_video=round(video_s, 3), workers=args.workers),
+        config={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()},
+        start=str(args.start), device=(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
+        steps=steps, epochs=round(steps * config.batch_size / len(data), 2), encode_seconds=round(encode_s, 1),
+        step_seconds=round(step_s, 4), train_seconds=round(train_s, 1), stopped_early=stopped_early,
+        first_loss=round(float(np.mean(losses[:100])), 4), last_loss=round(float(np.mean(losses[-100:])), 4),
+        parts=parts, total_seconds=round(time.perf_counter() - t_start, 1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""benchmarks/demo_continue_gpu.py: its in-memory items are the catalog's (`TrainingClips`) items, its batches
+follow TrainingClips' sampling rules, its frame round trip is 4:2:0's, and its weight parts join into the
+checkpoint they came from. (The GPU run itself is recorded in benchmarks/RESULTS.md.)"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import demo_continue_gpu as gpu  # noqa: E402
+
+
+def test_yuv420_round_trip_keeps_flat_colours_and_averages_chroma_detail():
+    flat = np.zeros((2, 4, 6, 3), np.uint8)
+    flat[0] = (200, 40, 90)
+    flat[1] = (10, 250, 130)
+    assert np.abs(gpu.yuv420_round_trip(flat).astype(int) - flat).max() <= 2
+    # red and blue columns alternate: 4:2:0 keeps the luma edges but shares one chroma per 2 x 2 block
+    stripes = np.zeros((1, 8, 8, 3), np.uint8)
+    stripes[0, :, 0::2] = (255, 0, 0)
+    stripes[0, :, 1::2] = (0, 0, 255)
+    out = gpu.yuv420_round_trip(stripes).astype(int)
+    red, blue = out[0, 2:6, 2], out[0, 2:6, 3]
+    assert (red[:, 0] - red[:, 2]).min() < 120  # no longer pure red: its chroma was averaged with blue's
+    assert (red[:, 0] > blue[:, 0]).all()  # the luma difference (red is brighter than blue) stays
+    with pytest.raises(ValueError, match="even"):
+        gpu.yuv420_round_trip(np.zeros((1, 3, 4, 3), np.uint8))
+
+
+def test_weight_parts_stay_under_the_limit_and_join_into_the_checkpoint(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = {f"unet.w{i}": torch.full((i + 1, 64), float(i)) for i in range(6)}
+    groups = gpu.split_parts(tensors, max_bytes=3 * 64 * 4)
+    assert sorted(k for g in groups for k in g) == sorted(tensors)
+    for g in groups:
+        assert len(g) == 1 or sum(tensors[k].numel() * 4 for k in g) <= 3 * 64 * 4
+    paths = []
+    for i, g in enumerate(groups):
+        paths.append(tmp_path / f"part{i}.safetensors")
+        save_file({k: tensors[k] for k in g}, str(paths[-1]))
+    merged = load_file(str(gpu.merge_parts(paths, tmp_path / "model.safetensors")))
+    assert sorted(merged) == sorted(tensors) and all(torch.equal(merged[k], tensors[k]) for k in tensors)
+    with pytest.raises(ValueError, match="repeats"):
+        gpu.merge_parts([paths[0], paths[0]], tmp_path / "bad.safetensors")
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    """Three procedural videos of the demo's data, written and curated through the catalog as the flow does."""
+    from catalog import curate_file, init_catalog, rebuild_index
+    from mimicmotion import demo_model as dm
+    from mimicmotion.synthetic import generate_dataset
+
+    d = tmp_path_factory.mktemp("continue_gpu")
+    manifest = generate_dataset(d / "synth", 3, seed=5, test_fraction=0.0, width=dm.DEMO_WIDTH, height=dm.DEMO_HEIGHT,
+                                num_frames=96)
+    root = init_catalog(d / "cat")
+    for entry in manifest["videos"]:
+        assert curate_file(d / "synth" / entry["video"], root, gpu.curation_settings(),
+                           pose_source="sidecar").status == "ok"
+    rebuild_index(root)
+    return root, manifest
+
+
+def test_in_memory_items_are_the_catalog_s_items(curated):
+    from catalog import Catalog
+    from mimicmotion.training.dataset import TrainingClips, select_clips
+
+    root, manifest = curated
+    ids = select_clips(root, sql="SELECT clip_id FROM clips")
+    rows = {r["clip_id"]: r for r in Catalog(root).query(
+        "SELECT c.clip_id, c.start_frame, c.end_frame, v.source_path FROM clips c JOIN videos v USING (video_id)"
+    ).to_pylist()}
+    items = TrainingClips(root, ids, num_frames=7, height=192, width=128, latent_factor=4, seed=1)
+    index = {e["video"].split("/")[-1]: e["index"] for e in manifest["videos"]}
+    checked = 0
+    for n in range(len(items)):
+        item = items[n]
+        row = rows[item["clip_id"]]
+        material = gpu.video_material((5, index[Path(row["source_path"]).name], 96, 24.0, False, 4))
+        assert len(material["frame_sets"]) == 1  # the demo's crops are the whole frame
+        assert (0, row["start_frame"], row["end_frame"]) in material["clips"]
+        fs = material["frame_sets"][0]
+        positions = [s // 2 for s in item["source_frames"].tolist()]  # sample stride 2
+        assert fs["valid"][positions].all()
+        pose = (item["pose_images"].numpy().transpose(0, 2, 3, 1) + 1) * 127.5
+        assert np.abs(pose - fs["pose_images"][positions]).max() < 1e-3
+        assert np.array_equal(item["hand_mask"].numpy(), fs["hand_masks"][positions])
+        frames = (item["pixels"].numpy().transpose(0, 2, 3, 1) + 1) * 127.5  # decoded H.264
+        psnr = 10 * np.log10(255 ** 2 / np.mean((frames - fs["frames"][positions]) ** 2))
+        assert psnr > 30
+        checked += 1
+    assert checked == 6  # two clips per video
+
+
+def test_batches_follow_training_clips_rules():
+    rng = np.random.default_rng(0)
+    s, h, w = 12, 16, 8
+
+    def material(valid, clips):
+        frames = rng.integers(0, 256, (s, h, w, 3), dtype=np.uint8)
+        return {"frame_sets": [{"frames": frames, "pose_images": 255 - frames,
+                                "hand_masks": np.zeros((s, 1, h // 4, w // 4), np.float32), "valid": valid}],
+                "clips": clips}
+
+    valid = np.zeros(s, bool)
+    valid[2:12] = True
+    materials = [material(valid, [(0, 2, 7), (0, 7, 12)]), material(np.ones(s, bool), [(0, 0, 12), (0, 0, 3)])]
+    data = gpu.GpuClips(materials, num_frames=4, device="cpu", seed=0)
+    assert len(data) == 3  # the 3-frame clip is too short for 4 frames
+    seen = []
+    for _ in range(3):
+        b = data.batch(1, rng)
+        assert b["pixels"].shape == (1, 5, 3, h, w) and b["hand_mask"].shape == (1, 5, 1, h // 4, w // 4)
+        assert b["pixels"].min() >= -1 and b["pixels"].max() <= 1
+        k = int(b["clip_id"][0][3:])
+        ref, *window = b["source_frames"][0].tolist()
+        assert window == list(range(window[0], window[0] + 4))
+        assert valid[ref] if k == 0 else True
+        assert b["clip_id"] == [gpu.GpuClips.set_key(k)]
+        expected = torch.from_numpy(materials[k]["frame_sets"][0]["frames"][[ref] + window])
+        assert torch.equal(b["pixels"][0], expected.permute(0, 3, 1, 2).float() / 127.5 - 1)
+        seen.append((k, window[0]))
+    assert data.epoch == 0
+    # each clip once per epoch: windows of set 0 start in 2..3 (its first clip) or 7..8 (its second)
+    labels = sorted("set1" if k == 1 else ("first" if start in (2, 3) else "second") for k, start in seen)
+    assert labels == ["first", "second", "set1"]
+    assert all(start in (2, 3, 7, 8) for k, start in seen if k == 0)
+    data.batch(1, rng)
+    assert data.epoch == 1
+
+
+def test_script_trains_the_shipped_model_on_and_writes_parts_that_join(tmp_path):
+    """The whole script on the CPU, tiny: 2 training videos, 2 steps (what a GPU session runs, shortened)."""
+    import csv
+    import json
+
+    from safetensors.torch import load_file
+
+    from mimicmotion import demo_model as dm
+
+    out = tmp_path / "stage"
+    summary = gpu.main(["--out", str(out), "--videos", "2", "--extra-videos", "0", "--steps", "2", "--batch-size", "1",
+                        "--workers", "1", "--device", "cpu", "--part-mib", "8"])
+    assert summary["steps"] == 2 and summary["data"]["training_videos"] == 2 and summary["data"]["clips"] == 4
+    assert summary["config"]["decay_steps"] == 1 and summary["stopped_early"] is False
+    assert json.loads((out / "summary.json").read_text())["parts"] == summary["parts"]
+    with open(out / "metrics.csv") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2]
+    parts = [out / p for p in summary["parts"]]
+    assert len(parts) >= 3 and all(p.stat().st_size < 8 * 2 ** 20 + 2 ** 16 for p in parts)
+    merged = load_file(str(gpu.merge_parts(parts, tmp_path / "merged.safetensors")))
+    trained = load_file(str(out / "model.safetensors"))
+    start = load_file(str(dm.demo_model_paths(dm.SHIPPED_DIR)[1]))
+    assert sorted(merged) == sorted(trained) == sorted(start)
+    assert all(torch.equal(merged[k], trained[k]) for k in trained)
+    assert any(not torch.equal(trained[k], start[k]) for k in trained)  # two steps moved the weights
