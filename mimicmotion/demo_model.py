@@ -893,7 +893,8 @@ def training_record(metrics_csv, prior: Optional[dict] = None) -> dict:
     """Totals of a run's metrics.csv (rank 0's rows, one per step): steps, training seconds (the sum of
     step and data times, so restarts and start-up are not counted), and the mean loss of the first and
     last 100 steps. ``prior``: the training record of the model this run started from (``prior_training``);
-    then ``total_steps`` / ``total_train_seconds`` add it, and ``continued_from`` keeps its totals."""
+    then ``total_steps`` / ``total_train_seconds`` add it, ``continued_from`` keeps its totals and ``stages``
+    (lines saying how its stages were trained, e.g. one on a GPU outside the flow) is carried over."""
     import csv
 
     with open(metrics_csv, newline="") as fh:
@@ -909,6 +910,8 @@ def training_record(metrics_csv, prior: Optional[dict] = None) -> dict:
                       train_seconds=float(prior.get("total_train_seconds", prior.get("train_seconds") or 0.0)))
         record.update(continued_from=before, total_steps=before["steps"] + len(rows),
                       total_train_seconds=round(before["train_seconds"] + seconds, 1))
+        if prior.get("stages"):  # the start model's history, as its card told it
+            record["stages"] = list(prior["stages"])
     return record
 
 
@@ -947,6 +950,7 @@ def model_card(summary: dict) -> str:
            f"({run['continued_from']['train_seconds']:.0f} s): {run['total_steps']} steps, "
            f"{run['total_train_seconds']:.0f} s of training in all (the continuation's loss is logged from its "
            "own step 1)"] if run.get("continued_from") else []),
+        *[f"- Stage: {stage}" for stage in run.get("stages") or []],
         f"- Config: {json.dumps(run.get('config', DEMO_TRAIN_CONFIG))}",
         "- CLIP image encoder: random initialisation, frozen (see mimicmotion/demo_model.py).", "",
         "## Results on the test split", "", "```", json.dumps(evaluation, indent=2, default=str), "```", "",

@@ -279,6 +279,11 @@ def test_training_record_sums_step_time(tmp_path):
     assert (again["total_steps"], again["total_train_seconds"]) == (1300, 3225.0)
     card = dm.model_card({"train": dict(record, step=150)})
     assert "Continued from an earlier demo model trained 1000 steps (3000 s): 1150 steps, 3112 s" in card
+    assert "- Stage:" not in card
+    # stage lines of the start model (e.g. one trained on a GPU outside the flow) go on into the next record
+    staged = dm.training_record(path, prior=dict(first, stages=["1000 steps on a GPU"]))
+    assert staged["stages"] == ["1000 steps on a GPU"]
+    assert "- Stage: 1000 steps on a GPU" in dm.model_card({"train": dict(staged, step=150)})
 
 
 def test_copy_demo_model_keeps_an_existing_start(tmp_path):
