@@ -12,14 +12,17 @@ a YUV 4:2:0 round trip (BT.601, limited range, as `write_video` stores them) to 
 the evaluation compares against (38 dB from the decoded frames, where the raw renders are 35 dB); the
 windows, references and epoch order are drawn from the same distributions as `TrainingClips` (uniform window,
 uniform reference among the video's subject frames, every clip once per epoch) but not from its per-clip
-seeds; all items sit on the GPU, and every frame's VAE posterior is encoded once before training (the
-library's `LatentCache`).
+seeds; all items sit on the GPU, and every frame's VAE posterior is encoded once, as its video arrives (the
+library's `LatentCache`). Rendering the videos (on that machine's CPU cores) is slower than training on them,
+so training starts once ``--start-videos`` are there and the rest join, epoch by epoch, as they arrive: which
+epoch a video joins depends on timing, so two runs are not identical.
 
     python benchmarks/demo_continue_gpu.py --start mimicmotion/assets/demo_model --out /tmp/gpu-stage \\
         --extra-videos 2048 --batch-size 16 --deadline-s 500
 
-``--deadline-s`` bounds the whole run: after the data and a short timing of the step on a copy of the model,
-the number of steps is chosen to end training by then (or give ``--steps``). The learning rate warms up for
+``--deadline-s`` bounds the whole run: after the first videos and a short timing of the step on a copy of
+the model, the number of steps is chosen to end training by then (or give ``--steps``); a run that falls
+behind stops there and saves. The learning rate warms up for
 ``--warmup-steps`` and falls linearly to 0 over the last ``--decay-fraction`` of the steps. Writes into
 ``--out``: the weights (``model.safetensors``, and the same tensors split into parts under ``--part-mib``
 MiB each, for transfers that limit file sizes; `merge_parts` joins them), ``metrics.csv`` (one row per
@@ -172,34 +175,137 @@ def dataset_jobs(seed: int, videos: int, extra_seed: int, extra_videos: int, num
     return [(s, i, num_frames, fps, yuv420, latent_factor) for s, i in base + extra]
 
 
+class VideoFeed:
+    """``video_material`` of each job, in job order, from ``workers`` processes (one thread here when 1), read in
+    the background: ``wait(n)`` blocks until n videos are there and returns them, ``ready()`` returns whatever
+    arrived since without waiting. ``close()`` stops the workers (videos not yet taken are dropped)."""
+
+    def __init__(self, jobs: list, workers: int):
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue()
+        self._pool = None
+        self._started = time.perf_counter()
+        self.seconds = None  # until the last video arrived
+        self.worker_seconds: list = []
+        if workers > 1:
+            import multiprocessing as mp
+
+            self._pool = mp.get_context("fork").Pool(workers, initializer=one_cv2_thread)
+            results = self._pool.imap(video_material, jobs, chunksize=2)
+        else:
+            results = map(video_material, jobs)
+        self.total, self.taken = len(jobs), 0
+
+        def read():
+            try:
+                for material in results:
+                    self._queue.put(material)
+            except Exception as exc:  # noqa: BLE001 - a worker's failure ends the feed; the main thread raises it
+                self._queue.put(exc)
+            self.seconds = time.perf_counter() - self._started
+
+        self._thread = threading.Thread(target=read, daemon=True)
+        self._thread.start()
+
+    def _take(self, material) -> dict:
+        if isinstance(material, Exception):
+            raise RuntimeError(f"rendering a training video failed: {material}") from material
+        self.taken += 1
+        self.worker_seconds.append(material["seconds"])
+        return material
+
+    def wait(self, count: int) -> list:
+        return [self._take(self._queue.get()) for _ in range(min(count, self.total - self.taken))]
+
+    def ready(self) -> list:
+        import queue
+
+        out = []
+        while True:
+            try:
+                out.append(self._take(self._queue.get_nowait()))
+            except queue.Empty:
+                return out
+
+    def per_video(self) -> float:
+        """Mean time one worker spent on a video."""
+        return float(np.mean(self.worker_seconds)) if self.worker_seconds else float("nan")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+
 # ----------------------------------------------------------------------------------------------------
 # Items on the GPU
 
 class GpuClips:
-    """Every training clip's frames, pose images and hand masks as device tensors, and batches drawn from them
-    as `TrainingClips` draws items (every clip once per epoch in a seeded order; a uniform window of
-    ``num_frames``; a uniform reference among the video's subject frames, first in the item)."""
+    """Training clips' frames, pose images and hand masks as device tensors, and batches drawn from them as
+    `TrainingClips` draws items (every clip once per epoch in a seeded order; a uniform window of ``num_frames``;
+    a uniform reference among the video's subject frames, first in the item).
 
-    def __init__(self, materials: list, num_frames: int, device, seed: int):
+    Videos can be added while training runs (``add``): an epoch's order covers the clips there at its start, so
+    a video that arrives joins at the next epoch. ``capacity``: frame sets to allocate room for up front (the
+    tensors grow when more come)."""
+
+    def __init__(self, materials: list, num_frames: int, device, seed: int, capacity: int = 0):
+        self.num_frames, self.seed, self.device = num_frames, seed, device
+        self.frames = self.pose_images = self.hand_masks = None
+        self.sets = 0  # frame sets stored
+        self.videos = 0  # videos added (those curation rejects included)
+        self.valid: list = []
+        self.clips: list = []
+        self.positions = 0
+        self._capacity = int(capacity)
+        self._encoded = 0  # frame sets whose posteriors are in the latent cache
+        self.epoch, self._order, self._next = -1, np.zeros(0, np.int64), 0
+        for m in materials:
+            self.add(m)
+
+    def _allocate(self, template: dict, capacity: int) -> None:
         import torch
 
-        sets, clips = [], []
-        for m in materials:
-            first = len(sets)
-            sets.extend(m["frame_sets"])
-            clips.extend((first + k, start, stop) for k, start, stop in m["clips"])
-        if not clips:
-            raise SystemExit("no training clip: every video was rejected by curation")
-        longest = max(len(s["valid"]) for s in sets)
-        self.positions = longest
-        pad = lambda a: np.concatenate([a, np.zeros((longest - len(a),) + a.shape[1:], a.dtype)])  # noqa: E731
-        self.frames = torch.from_numpy(np.stack([pad(s["frames"]) for s in sets])).to(device)
-        self.pose_images = torch.from_numpy(np.stack([pad(s["pose_images"]) for s in sets])).to(device)
-        self.hand_masks = torch.from_numpy(np.stack([pad(s["hand_masks"]) for s in sets])).to(device)
-        self.valid = [np.flatnonzero(s["valid"]) for s in sets]
-        self.clips = [c for c in clips if c[2] - c[1] >= num_frames]
-        self.num_frames, self.seed, self.device = num_frames, seed, device
-        self.epoch, self._order, self._next = -1, np.zeros(0, np.int64), 0
+        self.positions = len(template["valid"])
+
+        def room(a):
+            return torch.zeros((capacity, self.positions) + a.shape[1:], dtype=torch.from_numpy(a[:1]).dtype,
+                               device=self.device)
+
+        if self.frames is None:
+            self.frames, self.pose_images = room(template["frames"]), room(template["pose_images"])
+            self.hand_masks = room(template["hand_masks"])
+        else:  # grow: copy what is stored into tensors with room for more
+            for name in ("frames", "pose_images", "hand_masks"):
+                old = getattr(self, name)
+                new = room(template[name])
+                new[:self.sets] = old[:self.sets]
+                setattr(self, name, new)
+        self._capacity = capacity
+
+    def add(self, material: dict) -> None:
+        """One video's ``video_material``: its frame sets onto the device, its clips into the next epochs."""
+        import torch
+
+        self.videos += 1
+        sets = material["frame_sets"]
+        if not sets:
+            return
+        if self.frames is None or self.sets + len(sets) > self.frames.shape[0]:
+            self._allocate(sets[0], max(self._capacity, 2 * self.sets, self.sets + len(sets)))
+        first = self.sets
+        for i, fs in enumerate(sets):
+            n = len(fs["valid"])
+            if n > self.positions:
+                raise ValueError(f"a video has {n} sampled frames, more than the first one's {self.positions}")
+            for name in ("frames", "pose_images", "hand_masks"):
+                getattr(self, name)[first + i, :n] = torch.from_numpy(fs[name]).to(self.device)
+            self.valid.append(np.flatnonzero(fs["valid"]))
+        self.sets += len(sets)
+        self.clips.extend((first + k, start, stop) for k, start, stop in material["clips"]
+                          if stop - start >= self.num_frames)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -233,25 +339,25 @@ class GpuClips:
                 "hand_mask": self.hand_masks[sets, positions], "clip_id": [self.set_key(k) for k, _ in draws],
                 "source_frames": torch.tensor([p for _, p in draws], dtype=torch.int64)}
 
-    def encode_all(self, vae, cache, chunk: int = 256) -> int:
-        """Every subject frame's VAE posterior into ``cache`` (keys as the batches name them). Returns the count."""
+    def encode_new(self, vae, cache, chunk: int = 256) -> int:
+        """The VAE posterior of every subject frame added since the last call into ``cache`` (keys as the
+        batches name them). Returns how many frames it encoded."""
         import torch
 
-        count = 0
+        keys, rows = [], []
+        for k in range(self._encoded, self.sets):
+            for p in self.valid[k]:
+                keys.append((self.set_key(k), int(p)))
+                rows.append((k, int(p)))
+        self._encoded = self.sets
         with torch.no_grad():
-            keys, rows = [], []
-            for k, valid in enumerate(self.valid):
-                for p in valid:
-                    keys.append((self.set_key(k), int(p)))
-                    rows.append((k, int(p)))
             for i in range(0, len(keys), chunk):
                 part = rows[i:i + chunk]
                 ks = torch.tensor([k for k, _ in part], device=self.device)
                 ps = torch.tensor([p for _, p in part], device=self.device)
                 frames = self.frames[ks, ps].permute(0, 3, 1, 2).float() / 127.5 - 1.0
                 cache.posteriors(vae, frames, keys[i:i + chunk], chunk)
-                count += len(part)
-        return count
+        return len(keys)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -350,6 +456,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--part-mib", type=float, default=15.0)
+    ap.add_argument("--start-videos", type=int, default=256,
+                    help="videos rendered before training starts (the rest join while it runs)")
+    ap.add_argument("--add-every", type=int, default=10, help="steps between taking in newly rendered videos")
+    ap.add_argument("--step-margin", type=float, default=1.1,
+                    help="the timed step is scaled by this when sizing the run (steps slow while workers render)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -359,43 +470,35 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
 
-    # data, its hand masks on the start model's latent grid
-    t0 = time.perf_counter()
+    # data, its hand masks on the start model's latent grid: rendered by worker processes while the GPU trains
+    # (rendering, not the step, is the slow part), training starting once --start-videos have arrived
     base, _ = dm.demo_model_paths(Path(args.start))
     latent_factor = dm.vae_downscale(json.loads((Path(base) / "vae" / "config.json").read_text()))
     jobs = dataset_jobs(args.seed, args.videos, args.seed + 1, args.extra_videos, num_frames=96, fps=24.0,
                         yuv420=not args.no_yuv420, latent_factor=latent_factor)
-    if args.workers > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(args.workers, initializer=one_cv2_thread) as pool:
-            materials = list(pool.imap(video_material, jobs, chunksize=4))
-    else:
-        materials = [video_material(j) for j in jobs]
-    render_s = time.perf_counter() - t0
-    video_s = float(np.mean([m["seconds"] for m in materials]))  # one worker's time per video
+    feed = VideoFeed(jobs, args.workers)
     config = TrainConfig(**dict(dm.DEMO_TRAIN_CONFIG, batch_size=args.batch_size, lr=args.lr,
                                 warmup_steps=args.warmup_steps, seed=args.train_seed, data_workers=0,
                                 persist_latent_cache=False, log_every=args.log_every,
                                 latent_cache_frames=len(jobs) * 96 + 1, steps=max(args.steps or 1, 1))).validate()
-    data = GpuClips(materials, config.num_frames, device, args.train_seed)
-    del materials
-    data_s = time.perf_counter() - t0
-    print(f"data: {len(jobs)} videos, {len(data)} clips, {data.frames.shape[0]} frame sets in {data_s:.0f} s "
-          f"({render_s:.0f} s rendering and drawing, {video_s:.2f} s a video in a worker; the rest onto the device)",
-          flush=True)
-
     modules = build(Path(args.start), config, device)
-    t0 = time.perf_counter()
-    encoded = data.encode_all(modules.vae, modules.latent_cache)
-    encode_s = time.perf_counter() - t0
-    step_s = seconds_per_step(modules, config, data)
+    data = GpuClips([], config.num_frames, device, args.train_seed, capacity=len(jobs))
+    for material in feed.wait(min(args.start_videos, len(jobs))):
+        data.add(material)
+    if not data.clips:
+        feed.close()
+        raise SystemExit(f"no training clip in the first {data.videos} videos: curation rejected them all")
+    encoded = data.encode_new(modules.vae, modules.latent_cache)
+    data_s = time.perf_counter() - t_start
+    print(f"data: training starts with {data.videos} of {len(jobs)} videos ({len(data)} clips) after {data_s:.0f} s",
+          flush=True)
+    step_s = seconds_per_step(modules, config, data) * args.step_margin
     left = args.deadline_s - (time.perf_counter() - t_start) - args.save_s
     steps = args.steps or max(1, int(left / step_s))
     decay = min(steps, int(round(args.decay_fraction * steps)))
     config = dataclasses.replace(config, steps=steps, decay_steps=decay).validate()
-    print(f"encoded {encoded} frames in {encode_s:.0f} s; {step_s * 1000:.1f} ms/step -> {steps} steps "
-          f"(decay over the last {decay})", flush=True)
+    print(f"{step_s * 1000:.1f} ms/step (timed, x {args.step_margin} margin) -> {steps} steps (decay over the last "
+          f"{decay})", flush=True)
 
     trainer = Trainer(modules, config)
     rng = np.random.default_rng([args.train_seed, 1])
@@ -414,6 +517,10 @@ def main(argv=None) -> dict:
                 print(f"stopping after {steps} steps: past the deadline", flush=True)
                 break
             t0 = time.perf_counter()
+            if step % args.add_every == 0:  # videos rendered meanwhile join the next epochs
+                for material in feed.ready():
+                    data.add(material)
+                encoded += data.encode_new(modules.vae, modules.latent_cache)
             batch = data.batch(config.batch_size, rng)
             t1 = time.perf_counter()
             m = trainer.train_step(batch)
@@ -432,6 +539,7 @@ def main(argv=None) -> dict:
                       f"epoch {data.epoch} {time.perf_counter() - t_train:.0f} s", flush=True)
                 window_loss = []
         train_s = time.perf_counter() - t_train
+    feed.close()
 
     model = save_checkpoint({"unet": modules.unet, "pose_net": modules.pose_net}, out / "model.safetensors")
     from safetensors.torch import load_file, save_file
@@ -444,12 +552,14 @@ def main(argv=None) -> dict:
         parts.append(path.name)
     summary = dict(
         data=dict(seed=args.seed, videos=args.videos, extra_seed=args.seed + 1, extra_videos=args.extra_videos,
-                  training_videos=len(jobs), clips=len(data), yuv420=not args.no_yuv420, seconds=round(data_s, 1),
-                  render_seconds=round(render_s, 1), seconds_per_video=round(video_s, 3), workers=args.workers),
+                  training_videos=data.videos, videos_asked=len(jobs), clips=len(data), yuv420=not args.no_yuv420,
+                  start_videos=args.start_videos, seconds_to_start=round(data_s, 1),
+                  render_seconds=feed.seconds and round(feed.seconds, 1),
+                  seconds_per_video=round(feed.per_video(), 3), workers=args.workers, frames_encoded=encoded),
         config={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()},
         start=str(args.start), device=(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
-        steps=steps, epochs=round(steps * config.batch_size / len(data), 2), encode_seconds=round(encode_s, 1),
-        step_seconds=round(step_s, 4), train_seconds=round(train_s, 1), stopped_early=stopped_early,
+        steps=steps, epochs=data.epoch + 1, step_seconds=round(step_s, 4), train_seconds=round(train_s, 1),
+        stopped_early=stopped_early,
         first_loss=round(float(np.mean(losses[:100])), 4), last_loss=round(float(np.mean(losses[-100:])), 4),
         parts=parts, total_seconds=round(time.perf_counter() - t_start, 1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -159,3 +159,29 @@ def test_script_trains_the_shipped_model_on_and_writes_parts_that_join(tmp_path)
     assert sorted(merged) == sorted(trained) == sorted(start)
     assert all(torch.equal(merged[k], trained[k]) for k in trained)
     assert any(not torch.equal(trained[k], start[k]) for k in trained)  # two steps moved the weights
+
+
+def test_videos_join_while_training_runs():
+    """The feed hands videos over in job order as they are rendered; clips added later join the next epoch
+    and the device tensors grow past their first capacity."""
+    from mimicmotion import demo_model as dm
+
+    jobs = gpu.dataset_jobs(0, 3, 1, 0, num_frames=96, fps=24.0, yuv420=False, latent_factor=4)
+    assert [j[:2] for j in jobs] == [(0, 0), (0, 1), (0, 2)]
+    feed = gpu.VideoFeed(jobs, workers=1)
+    first = feed.wait(1)
+    data = gpu.GpuClips(first, num_frames=dm.DEMO_TILE_SIZE - 1, device="cpu", seed=0, capacity=1)
+    assert (data.videos, data.sets, len(data)) == (1, 1, 2) and data.frames.shape[0] == 1
+    rng = np.random.default_rng(0)
+    epoch0 = {data.batch(1, rng)["clip_id"][0] for _ in range(2)}
+    assert epoch0 == {gpu.GpuClips.set_key(0)} and data.epoch == 0
+    rest = feed.wait(5)  # asks for more than are left: returns the other two
+    assert len(rest) == 2 and feed.ready() == [] and feed.per_video() > 0
+    for m in rest:
+        data.add(m)
+    feed.close()
+    assert (data.videos, data.sets, len(data)) == (3, 3, 6) and data.frames.shape[0] >= 3
+    stored = torch.from_numpy(rest[1]["frame_sets"][0]["frames"])
+    assert torch.equal(data.frames[2], stored)  # the grown tensors keep the order the videos came in
+    epoch1 = [data.batch(1, rng)["clip_id"][0] for _ in range(6)]
+    assert data.epoch == 1 and sorted(epoch1) == sorted([gpu.GpuClips.set_key(k) for k in (0, 0, 1, 1, 2, 2)])
