@@ -925,6 +925,8 @@ def model_card(summary: dict) -> str:
         "its own curate and train flows (`flows/demo_model.py`). It renders 128x192 portrait clips on a CPU.",
         "It knows only the synthetic figures: it is a working demonstration of the pipeline, not a model for",
         "real people.", "",
+        *(["Some of its training ran outside those flows (e.g. on a GPU machine without Prefect or Ray); the",
+           "Stage lines below say where and how.", ""] if run.get("stages") else []),
         "## Recipe", "",
         *([_data_line(summary["data"])] if isinstance(summary.get("data"), dict) else []),
         f"- VAE ({vae.get('downscale', 8)}x downsampling: latents {192 // vae.get('downscale', 8)} x "

@@ -283,7 +283,9 @@ def test_training_record_sums_step_time(tmp_path):
     # stage lines of the start model (e.g. one trained on a GPU outside the flow) go on into the next record
     staged = dm.training_record(path, prior=dict(first, stages=["1000 steps on a GPU"]))
     assert staged["stages"] == ["1000 steps on a GPU"]
-    assert "- Stage: 1000 steps on a GPU" in dm.model_card({"train": dict(staged, step=150)})
+    card = dm.model_card({"train": dict(staged, step=150)})
+    assert "- Stage: 1000 steps on a GPU" in card and "Some of its training ran outside those flows" in card
+    assert "Some of its training ran outside" not in dm.model_card({"train": dict(record, step=150)})
 
 
 def test_copy_demo_model_keeps_an_existing_start(tmp_path):
