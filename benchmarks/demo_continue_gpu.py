@@ -67,7 +67,8 @@ CSV_COLUMNS = ("step", "epoch", "loss", "hand_loss", "lr", "grad_norm", "step_ti
 def yuv420_round_trip(frames: np.ndarray) -> np.ndarray:
     """RGB uint8 (N, H, W, 3) through BT.601 limited-range YUV with 2x2-averaged chroma and back (chroma
     upsampled bilinearly): what storing the frames as yuv420p H.264 does to them, less the codec's own loss.
-    Height and width must be even (the demo's 128 x 192 are)."""
+    Height and width must be even (the demo's 128 x 192 are). Written out because the GPU machine has no PyAV
+    (whose ``reformat`` would do it), and OpenCV's I420 conversion is full range."""
     import cv2
 
     x = np.asarray(frames, dtype=np.float64)
@@ -92,12 +93,11 @@ def yuv420_round_trip(frames: np.ndarray) -> np.ndarray:
 # One video's training material (runs in worker processes)
 
 def curation_settings():
+    """The demo_model flow's curation settings."""
     from mimicmotion import demo_model as dm
     from mimicmotion.curation import CurationSettings
 
-    # the demo_model flow's curate call
-    return CurationSettings(sample_stride=2, clip_length=24, min_clip_length=dm.DEMO_TILE_SIZE + 1, aspect="2:3",
-                            resolution=dm.DEMO_RESOLUTION).validate()
+    return CurationSettings(**dm.DEMO_CURATION).validate()
 
 
 def video_material(job: tuple) -> dict:
@@ -143,13 +143,14 @@ def video_material(job: tuple) -> dict:
             masks = np.zeros((n, 1, out_h // latent_factor, out_w // latent_factor), np.float32)
             crops = np.stack([crop_and_resize(frames[src], c.crop, out_w, out_h) for src in seq.source_frames])
             valid = np.zeros(n, bool)
-            for pos, s in subject.items():
-                person = np.asarray(seq.frames[pos], np.float64)[s][None]
-                pose = to_crop_coordinates(person, c.crop, seq.width, seq.height)
-                images[pos] = draw_pose(pose, out_h, out_w)
-                masks[pos] = objective.hand_region_mask([pose], out_h, out_w, out_h // latent_factor,
-                                                        out_w // latent_factor)[0].numpy()
-                valid[pos] = True
+            positions = sorted(subject)
+            poses = [to_crop_coordinates(np.asarray(seq.frames[p], np.float64)[subject[p]][None], c.crop, seq.width,
+                                         seq.height) for p in positions]
+            for p, pose in zip(positions, poses):
+                images[p] = draw_pose(pose, out_h, out_w)
+            masks[positions] = objective.hand_region_mask(poses, out_h, out_w, out_h // latent_factor,
+                                                          out_w // latent_factor).numpy()
+            valid[positions] = True
             sets.append({"frames": crops, "pose_images": images, "hand_masks": masks, "valid": valid})
         clips.append((set_of_crop[c.crop], c.start, c.stop))
     return {"frame_sets": sets, "clips": clips, "seconds": time.perf_counter() - started}
@@ -310,6 +311,13 @@ class GpuClips:
     def __len__(self) -> int:
         return len(self.clips)
 
+    def order_state(self) -> tuple:
+        """Where the epoch order stands (``restore_order`` returns to it)."""
+        return self.epoch, self._order, self._next
+
+    def restore_order(self, state: tuple) -> None:
+        self.epoch, self._order, self._next = state
+
     @staticmethod
     def set_key(index: int) -> str:
         return f"set{index:06d}"
@@ -415,7 +423,7 @@ def seconds_per_step(modules, config, data: GpuClips, steps: int = 12, warmup: i
     unet, pose_net = copy.deepcopy(modules.unet), copy.deepcopy(modules.pose_net)
     twin = dataclasses.replace(modules, unet=unet, pose_net=pose_net, denoiser=Denoiser(unet, pose_net))
     trainer = Trainer(twin, config)
-    saved_epoch, saved_order, saved_next = data.epoch, data._order, data._next
+    order = data.order_state()
     rng = np.random.default_rng(12345)
     times = []
     for i in range(warmup + steps):
@@ -424,7 +432,7 @@ def seconds_per_step(modules, config, data: GpuClips, steps: int = 12, warmup: i
         torch.cuda.synchronize() if twin.device.type == "cuda" else None
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    data.epoch, data._order, data._next = saved_epoch, saved_order, saved_next
+    data.restore_order(order)  # the timing's draws leave the real run's epochs as they were
     del trainer, twin, unet, pose_net
     return float(np.median(times))
 
@@ -474,13 +482,14 @@ def main(argv=None) -> dict:
     # (rendering, not the step, is the slow part), training starting once --start-videos have arrived
     base, _ = dm.demo_model_paths(Path(args.start))
     latent_factor = dm.vae_downscale(json.loads((Path(base) / "vae" / "config.json").read_text()))
-    jobs = dataset_jobs(args.seed, args.videos, args.seed + 1, args.extra_videos, num_frames=96, fps=24.0,
-                        yuv420=not args.no_yuv420, latent_factor=latent_factor)
+    jobs = dataset_jobs(args.seed, args.videos, args.seed + 1, args.extra_videos, num_frames=dm.DEMO_VIDEO_FRAMES,
+                        fps=dm.DEMO_VIDEO_FPS, yuv420=not args.no_yuv420, latent_factor=latent_factor)
     feed = VideoFeed(jobs, args.workers)
     config = TrainConfig(**dict(dm.DEMO_TRAIN_CONFIG, batch_size=args.batch_size, lr=args.lr,
                                 warmup_steps=args.warmup_steps, seed=args.train_seed, data_workers=0,
                                 persist_latent_cache=False, log_every=args.log_every,
-                                latent_cache_frames=len(jobs) * 96 + 1, steps=max(args.steps or 1, 1))).validate()
+                                latent_cache_frames=dm.demo_latent_cache_frames(len(jobs)),
+                                steps=max(args.steps or 1, 1))).validate()
     modules = build(Path(args.start), config, device)
     data = GpuClips([], config.num_frames, device, args.train_seed, capacity=len(jobs))
     for material in feed.wait(min(args.start_videos, len(jobs))):

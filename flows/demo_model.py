@@ -210,18 +210,17 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
     else:
         vae_downscale = dm.check_vae_downscale(root / "vae", 8 if vae_downscale is None else vae_downscale)
     synth, catalog = root / "synth", root / "catalog"
-    generate_dataset(synth, videos, seed=seed, width=dm.DEMO_WIDTH, height=dm.DEMO_HEIGHT, num_frames=96)
+    generate_dataset(synth, videos, seed=seed, width=dm.DEMO_WIDTH, height=dm.DEMO_HEIGHT,
+                     num_frames=dm.DEMO_VIDEO_FRAMES, fps=dm.DEMO_VIDEO_FPS)
     inputs = [str(synth / "train"), str(synth / "test")]
     if extra_train_videos:
         # more training data only (the next seed's videos, none held out): the test split stays the same clips,
         # so the scores stay comparable with a model trained without them
         extra = root / "synth-extra"
         generate_dataset(extra, extra_train_videos, seed=seed + 1, test_fraction=0.0, width=dm.DEMO_WIDTH,
-                         height=dm.DEMO_HEIGHT, num_frames=96)
+                         height=dm.DEMO_HEIGHT, num_frames=dm.DEMO_VIDEO_FRAMES, fps=dm.DEMO_VIDEO_FPS)
         inputs.append(str(extra / "train"))
-    curate(inputs=inputs, catalog=str(catalog), pose_source="sidecar",
-           sample_stride=2, clip_length=24, min_clip_length=dm.DEMO_TILE_SIZE + 1, aspect="2:3",
-           resolution=dm.DEMO_RESOLUTION, contact_sheet_tiles=12)
+    curate(inputs=inputs, catalog=str(catalog), pose_source="sidecar", contact_sheet_tiles=12, **dm.DEMO_CURATION)
     if continue_from:
         # a finished demo model (its VAE, CLIP and UNet) trained on: copied first, so shipping the result
         # over the folder it came from cannot change what a resumed run starts from

@@ -32,6 +32,11 @@ DEMO_RESOLUTION = 128  # short side; the render's output size rule makes portrai
 DEMO_HEIGHT, DEMO_WIDTH = 192, 128
 DEMO_TILE_SIZE = 8  # frames per tile, the reference included; training clips are the reference + 7 frames
 DEMO_TILE_OVERLAP = 2
+# The procedural videos (`generate_dataset`) and how they become clips (`CurationSettings`): two clips of 24
+# sampled frames per video. The demo_model flow and benchmarks/demo_continue_gpu.py both use these.
+DEMO_VIDEO_FRAMES, DEMO_VIDEO_FPS = 96, 24.0
+DEMO_CURATION = dict(sample_stride=2, clip_length=24, min_clip_length=DEMO_TILE_SIZE + 1, aspect="2:3",
+                     resolution=DEMO_RESOLUTION)
 
 DEMO_LATENT_CHANNELS = 4  # as SVD; the UNet takes the noisy latents and the reference latent (2 x 4)
 DEMO_UNET_CONFIG = dict(
