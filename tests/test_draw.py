@@ -4,6 +4,8 @@ Most tests pass ``canvas_short_side=min(H, W)`` so the canvas is the output itse
 same size is a copy) and pixel values can be computed by hand. Colours are written as OpenCV draws them
 (BGR); the output is RGB, so a BGR (b, g, r) colour reads back as (r, g, b).
 """
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -303,3 +305,47 @@ def test_single_person_array_is_accepted():
     np.testing.assert_array_equal(
         draw_pose(p, H, W, canvas_short_side=H), draw_pose(p[None], H, W, canvas_short_side=H)
     )
+
+
+def release_limbs(canvas, bodies):
+    """The release's limb loop, written out: ellipses in the palette colour times the two end scores, each
+    channel truncated to int (OpenCV saturates it to the canvas), not yet dimmed."""
+    from mimicmotion.pose import draw as d
+
+    ch, cw = canvas.shape[:2]
+    for limb, (a, b) in enumerate(d.LIMBS):
+        for person in bodies:
+            if person[a, 2] < 0.3 or person[b, 2] < 0.3:
+                continue
+            x, y = person[[a, b], 0] * cw, person[[a, b], 1] * ch
+            length = ((y[0] - y[1]) ** 2 + (x[0] - x[1]) ** 2) ** 0.5
+            angle = math.degrees(math.atan2(y[0] - y[1], x[0] - x[1]))
+            centre = (int(np.mean(x)), int(np.mean(y)))
+            polygon = cv2.ellipse2Poly(centre, (int(length / 2), 4), int(angle), 0, 360, 1)
+            cv2.fillConvexPoly(canvas, polygon, [int(c * person[a, 2] * person[b, 2]) for c in d.PALETTE[limb]])
+
+
+def test_limbs_drawn_dimmed_equal_the_release_order_of_filling_then_dimming_the_whole_canvas():
+    """draw_pose fills limbs with dimmed colours instead of dimming the whole canvas afterwards; on random
+    people (limbs overlapping, some off the canvas, some hidden, scores above 1) the image equals the
+    release's order."""
+    from mimicmotion.pose import draw as d
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        people = rng.integers(1, 4)
+        low, high = (-0.4, 1.4) if trial % 3 == 0 else (0.05, 0.95)
+        frame = np.zeros((people, NUM_POINTS, 3))
+        frame[..., :2] = rng.uniform(low, high, (people, NUM_POINTS, 2))
+        frame[..., 2] = rng.uniform(0.0, 1.5, (people, NUM_POINTS))  # DWPose scores can exceed 1
+        height, width = (60, 40) if trial % 2 else (96, 64)
+        short = 2160 if trial % 10 == 0 else int(rng.integers(40, 400))
+
+        canvas = np.zeros((*canvas_size(height, width, short), 3), np.uint8)
+        release_limbs(canvas, frame[:, d.BODY])  # the release: limbs in their full colours ...
+        canvas = (canvas * 0.6).astype(np.uint8)  # ... then the whole canvas dimmed
+        d._draw_joints(canvas, frame[:, d.BODY])
+        d._draw_hands(canvas, np.concatenate([frame[:, LEFT_HAND], frame[:, RIGHT_HAND]], axis=0))
+        d._draw_faces(canvas, frame[:, FACE])
+        expected = cv2.cvtColor(cv2.resize(canvas, (width, height)), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(draw_pose(frame, height, width, canvas_short_side=short), expected)
