@@ -1,4 +1,4 @@
-"""The GPU benchmark script must keep working; here it runs on CPU with the tiny model."""
+"""The benchmark scripts must keep working; here they run on CPU with tiny models and sizes."""
 import sys
 from pathlib import Path
 
@@ -64,3 +64,10 @@ def test_decoder_probe_adapts_a_variant_and_measures_margins_on_the_flow_s_split
     assert json.loads((tmp_path / "m.json").read_text())["all"]["clips"] == 3
     assert probe.main(["adapt", "--work", str(work), "--variant", "[1]", "--steps", "1"]) == 2
     assert probe.main(["adapt", "--work", str(work), "--variant", '{"nonsense": 1}', "--steps", "1"]) == 2
+
+
+def test_draw_pose_benchmark_times_each_size():
+    import draw_pose_cpu
+
+    results = draw_pose_cpu.main(["--sizes", "64x48,96x64", "--frames", "3"])
+    assert set(results) == {"64x48", "96x64"} and all(ms > 0 for ms in results.values())
