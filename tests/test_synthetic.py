@@ -357,3 +357,85 @@ def test_synth_command(tmp_path, capsys):
     bad = ap.parse_args(["synth", "--out", str(tmp_path / "e"), "--size", "big"])
     with pytest.raises(ConfigError, match="WIDTHxHEIGHT"):
         bad.func(bad)
+
+
+# ---------------------------------------------------------------------------- frame composition (exact)
+def _random_index_map(rng, hs, ws, ss):
+    """A background index map with a floor-shadow ellipse and ~30 overlapping primitive rectangles, the outermost
+    ones starting on a block's first row / column and ending on a block's last (where a window without a spare
+    block would cut an outline off)."""
+    import cv2
+
+    idx = np.zeros((hs, ws), np.uint8)
+    cv2.ellipse(idx, (ws // 2, int(hs * 0.6)), (ws // 5, hs // 20), 0, 0, 360, 1, -1)
+    for rank in range(2, 30):
+        x, y = rng.integers(ws // 4, 3 * ws // 4), rng.integers(hs // 4, 3 * hs // 4)
+        idx[y:y + rng.integers(2, hs // 6), x:x + rng.integers(2, ws // 6)] = rank
+    top, left = ss * int(rng.integers(2, hs // ss // 5)), ss * int(rng.integers(2, ws // ss // 5))
+    bottom, right = hs - ss * int(rng.integers(2, hs // ss // 5)), ws - ss * int(rng.integers(2, ws // ss // 5))
+    idx[top:top + 2 * ss, ws // 2 - 3 * ss:ws // 2 + 3 * ss] = 30  # wide: its edge row is outlined from above only
+    idx[bottom - 2 * ss:bottom, ws // 2 - 3 * ss:ws // 2 + 3 * ss] = 31
+    idx[hs // 2 - 3 * ss:hs // 2 + 3 * ss, left:left + 2 * ss] = 32
+    idx[hs // 2 - 3 * ss:hs // 2 + 3 * ss, right - 2 * ss:right] = 33
+    return idx
+
+
+def _compose_reference(idx, bg, bg_shadow, lut, lut2, part_lut, garment_lut, patterns):
+    """The composition written with numpy masks, as the renderer first did it."""
+    from mimicmotion.synthetic.render import FIRST_RANK, OUTLINE_DARKEN, _pattern_mask
+
+    img = np.where((idx == 1)[..., None], bg_shadow, bg)
+    fig = idx >= FIRST_RANK
+    img[fig] = lut[idx[fig]]
+    gmap = garment_lut[idx]
+    for gid, kind, anchor, angle, period in patterns:
+        ys, xs = np.nonzero(gmap == gid)
+        on = _pattern_mask(kind, xs.astype(np.float32), ys.astype(np.float32), anchor, angle, period)
+        img[ys[on], xs[on]] = lut2[idx[ys[on], xs[on]]]
+    pmap = part_lut[idx]
+    edge = np.zeros(idx.shape, bool)
+    hs, ws = idx.shape
+    for dy, dx in ((0, 1), (1, 0)):
+        a, b, pa, pb = idx[: hs - dy, : ws - dx], idx[dy:, dx:], pmap[: hs - dy, : ws - dx], pmap[dy:, dx:]
+        edge[: hs - dy, : ws - dx] |= (pa != pb) & (a > b)
+        edge[dy:, dx:] |= (pa != pb) & (b > a)
+    img[edge] *= OUTLINE_DARKEN
+    return img
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_frame_composed_in_the_drawn_window_equals_the_whole_frame_composed(seed):
+    """draw_scene composes only a block-aligned window around what was drawn and pastes its downscale on the
+    background's: the frame equals the whole frame composed (numpy masks) and downscaled."""
+    import cv2
+
+    from mimicmotion.synthetic.render import compose_frame, drawn_window
+
+    rng = np.random.default_rng(seed)
+    ss, w, h = 3, 40 + seed, 60
+    idx = _random_index_map(rng, h * ss, w * ss, ss)
+    bg = rng.uniform(0, 255, (h * ss, w * ss, 3)).astype(np.float32)
+    bg_shadow = bg * 0.72
+    lut, lut2 = (rng.uniform(0, 255, (256, 3)).astype(np.float32) for _ in range(2))
+    part_lut = rng.integers(0, 5, 256).astype(np.uint8)
+    part_lut[:2], part_lut[30:34] = 0, 1  # the outermost primitives are outlined against the background
+    garment_lut = rng.integers(0, 3, 256).astype(np.uint8)
+    garment_lut[:2] = 0
+    patterns = [(1, "stripes", np.array([5.0, 7.0]), 0.3, 6.0), (2, "checks", np.array([1.0, 2.0]), -0.5, 4.0)]
+
+    def downscale(img):
+        small = cv2.resize(img, (img.shape[1] // ss, img.shape[0] // ss), interpolation=cv2.INTER_AREA)
+        return np.clip(np.round(small), 0, 255).astype(np.uint8)
+
+    whole = _compose_reference(idx, bg, bg_shadow, lut, lut2, part_lut, garment_lut, patterns)
+    np.testing.assert_array_equal(compose_frame(idx, bg, bg_shadow, lut, lut2, part_lut, garment_lut, patterns),
+                                  whole)
+    y0, y1, x0, x1 = drawn_window(idx, ss)
+    rows, cols = slice(y0 * ss, y1 * ss), slice(x0 * ss, x1 * ss)
+    assert not idx[:rows.start].any() and not idx[rows.stop:].any()
+    assert not idx[:, :cols.start].any() and not idx[:, cols.stop:].any()
+    framed = downscale(bg)
+    framed[y0:y1, x0:x1] = downscale(compose_frame(idx[rows, cols], bg[rows, cols], bg_shadow[rows, cols], lut, lut2,
+                                                   part_lut, garment_lut, patterns, origin=(cols.start, rows.start)))
+    np.testing.assert_array_equal(framed, downscale(whole))
+    assert drawn_window(np.zeros_like(idx), ss) is None

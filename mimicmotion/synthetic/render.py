@@ -428,12 +428,59 @@ class DrawnClip:
 _SAMPLE_OFFSETS = np.array([[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1]])
 
 
+def drawn_window(idx: np.ndarray, ss: int):
+    """(y0, y1, x0, x1) in output pixels: the whole ss x ss blocks of the index map holding anything drawn, with a
+    block to spare on each side (clipped to the frame), or None when nothing was drawn. Every pixel pair an
+    outline compares then lies inside it (pairs of background pixels never make one)."""
+    rows, cols = np.flatnonzero(idx.any(axis=1)), np.flatnonzero(idx.any(axis=0))
+    if not rows.size:
+        return None
+    h, w = idx.shape[0] // ss, idx.shape[1] // ss
+    return (max(rows[0] // ss - 1, 0), min(rows[-1] // ss + 2, h),
+            max(cols[0] // ss - 1, 0), min(cols[-1] // ss + 2, w))
+
+
+def compose_frame(idx, bg, bg_shadow, lut, lut2, part_lut, garment_lut, patterns, origin=(0, 0)) -> np.ndarray:
+    """A supersampled frame (float32) from its index map (or a window of it, whose top-left pixel in the frame is
+    ``origin`` = (x, y): the clothing patterns are anchored to the frame): the background, the floor shadow,
+    each primitive's colour (``lut`` by index), the clothing patterns (``patterns``: (garment id, kind, anchor,
+    angle, period); ``lut2`` where a pattern is on), then outlines where a nearer part meets another part."""
+    img = bg.copy()
+    # masked copies in OpenCV (cv2.copyTo writes into img); numpy's boolean gathers were most of the time
+    cv2.copyTo(np.ascontiguousarray(bg_shadow), (idx == 1).view(np.uint8), img)
+    cv2.copyTo(cv2.LUT(cv2.merge([idx, idx, idx]), lut.reshape(1, 256, 3)), (idx >= FIRST_RANK).view(np.uint8), img)
+    if patterns:
+        gmap = garment_lut[idx]
+        for gid, kind, anchor, angle, period in patterns:
+            ys, xs = np.nonzero(gmap == gid)
+            if ys.size:
+                on = _pattern_mask(kind, (xs + origin[0]).astype(np.float32), (ys + origin[1]).astype(np.float32),
+                                   anchor, angle, period)
+                ys, xs = ys[on], xs[on]
+                img[ys, xs] = lut2[idx[ys, xs]]
+    pmap = part_lut[idx]
+    hs, ws = idx.shape
+    edge = np.zeros((hs, ws), bool)
+    for dy, dx in ((0, 1), (1, 0)):
+        a_idx, b_idx = idx[: hs - dy, : ws - dx], idx[dy:, dx:]
+        a_p, b_p = pmap[: hs - dy, : ws - dx], pmap[dy:, dx:]
+        differ = a_p != b_p
+        edge[: hs - dy, : ws - dx] |= differ & (a_idx > b_idx)
+        edge[dy:, dx:] |= differ & (b_idx > a_idx)
+    cv2.copyTo(img * np.float32(OUTLINE_DARKEN), edge.view(np.uint8), img)  # img[edge] *= 0.72, in float32
+    return img
+
+
 def draw_scene(scene: Scene, app: Appearance) -> DrawnClip:
     """Paint every frame and measure keypoint occlusion on the index map."""
     ss, w, h = scene.ss, scene.width, scene.height
     ws, hs = w * ss, h * ss
     bg = render_background(app.background, ws, hs)
     bg_shadow = bg * 0.72
+    # Away from the figure and its shadow a frame is the background: downscaled once; each frame composes only
+    # the window around what was drawn (INTER_AREA at an integer scale averages each ss x ss block on its own,
+    # so a block-aligned window downscales to the same pixels as the whole frame).
+    bg_small = np.clip(np.round(cv2.resize(bg, (w, h), interpolation=cv2.INTER_AREA)), 0, 255).astype(np.uint8)
     prims = scene.prims
     n_prims = len(prims)
     n = scene.keypoints.shape[0]
@@ -490,30 +537,17 @@ def draw_scene(scene: Scene, app: Appearance) -> DrawnClip:
             part_lut[rank] = parts[j]
             garment_lut[rank] = garments[j]
             rank += 1
-        # Colours, then clothing patterns, then outlines where a nearer part meets another part.
-        fig = idx >= FIRST_RANK
-        img = np.where((idx == 1)[..., None], bg_shadow, bg)
-        img[fig] = lut[idx[fig]]
-        if scene.patterns:
-            gmap = garment_lut[idx]
-            for gid, (kind, anchor, angle, period) in scene.patterns.items():
-                ys, xs = np.nonzero(gmap == gid)
-                if ys.size:
-                    on = _pattern_mask(kind, xs.astype(np.float32), ys.astype(np.float32), anchor[f],
-                                       float(angle[f]), float(period[f]))
-                    ys, xs = ys[on], xs[on]
-                    img[ys, xs] = lut2[idx[ys, xs]]
-        pmap = part_lut[idx]
-        edge = np.zeros((hs, ws), bool)
-        for dy, dx in ((0, 1), (1, 0)):
-            a_idx, b_idx = idx[: hs - dy, : ws - dx], idx[dy:, dx:]
-            a_p, b_p = pmap[: hs - dy, : ws - dx], pmap[dy:, dx:]
-            differ = a_p != b_p
-            edge[: hs - dy, : ws - dx] |= differ & (a_idx > b_idx)
-            edge[dy:, dx:] |= differ & (b_idx > a_idx)
-        img[edge] *= OUTLINE_DARKEN
-        small = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-        out[f] = np.clip(np.round(small), 0, 255).astype(np.uint8)
+        out[f] = bg_small
+        window = drawn_window(idx, ss)
+        if window is not None:
+            by0, by1, bx0, bx1 = window
+            rows, cols = slice(by0 * ss, by1 * ss), slice(bx0 * ss, bx1 * ss)
+            patterns = [(gid, kind, anchor[f], float(angle[f]), float(period[f]))
+                        for gid, (kind, anchor, angle, period) in scene.patterns.items()]
+            img = compose_frame(idx[rows, cols], bg[rows, cols], bg_shadow[rows, cols], lut, lut2, part_lut,
+                                garment_lut, patterns, origin=(bx0 * ss, by0 * ss))
+            small = cv2.resize(img, (bx1 - bx0, by1 - by0), interpolation=cv2.INTER_AREA)
+            out[f, by0:by1, bx0:bx1] = np.clip(np.round(small), 0, 255).astype(np.uint8)
         # Occlusion: a keypoint is covered where the pixel shows a primitive it does not belong to that was
         # painted after all of its own primitives.
         own_rank = np.where(own, rank_of[None], -1).max(1)  # (134,)
