@@ -368,6 +368,16 @@ class GpuClips:
         return len(keys)
 
 
+def frame_set_bytes(frame_set: dict, latent_channels: int) -> int:
+    """Device bytes one frame set of ``video_material`` takes in `GpuClips` and the latent cache: its frames,
+    pose images and hand masks, and a posterior (mean and std, float32, on the masks' latent grid) for each
+    of its positions (an upper bound: only subject frames are encoded)."""
+    grid = frame_set["hand_masks"].shape[-2:]
+    posterior = 2 * latent_channels * int(grid[0]) * int(grid[1]) * 4
+    return (frame_set["frames"].nbytes + frame_set["pose_images"].nbytes + frame_set["hand_masks"].nbytes
+            + len(frame_set["valid"]) * posterior)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Weights in parts (pure I/O helpers)
 
@@ -467,6 +477,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--start-videos", type=int, default=256,
                     help="videos rendered before training starts (the rest join while it runs)")
     ap.add_argument("--add-every", type=int, default=10, help="steps between taking in newly rendered videos")
+    ap.add_argument("--data-gib", type=float,
+                    help="device memory the videos may take (frames, pose images, masks, cached posteriors); the "
+                         "feed stops at that many (default: 60%% of a GPU's memory; no limit on the CPU)")
     ap.add_argument("--step-margin", type=float, default=1.1,
                     help="the timed step is scaled by this when sizing the run (steps slow while workers render)")
     args = ap.parse_args(argv)
@@ -491,9 +504,37 @@ def main(argv=None) -> dict:
                                 latent_cache_frames=dm.demo_latent_cache_frames(len(jobs)),
                                 steps=max(args.steps or 1, 1))).validate()
     modules = build(Path(args.start), config, device)
-    data = GpuClips([], config.num_frames, device, args.train_seed, capacity=len(jobs))
-    for material in feed.wait(min(args.start_videos, len(jobs))):
-        data.add(material)
+    first = feed.wait(min(args.start_videos, len(jobs)))
+    # Asking for more videos than the workers render by the deadline costs nothing; more than the device holds
+    # would end the run in an out-of-memory error, so the feed stops at the memory budget.
+    budget = (args.data_gib * 2**30 if args.data_gib
+              else 0.6 * torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None)
+    template = next((fs for m in first for fs in m["frame_sets"]), None)
+    set_bytes = frame_set_bytes(template, modules.vae.config.latent_channels) if template is not None else 0
+    max_sets = int(budget // set_bytes) if budget and set_bytes else None
+    if max_sets == 0:
+        feed.close()
+        raise SystemExit(f"--data-gib {args.data_gib} holds not even one video's frames ({set_bytes / 2**20:.1f} MiB): "
+                         "give more")
+    data = GpuClips([], config.num_frames, device, args.train_seed,
+                    capacity=min(len(jobs), max_sets) if max_sets is not None else len(jobs))
+    capped = False
+
+    def take(materials) -> None:
+        nonlocal capped
+        for material in materials:
+            if capped:
+                return
+            if max_sets is not None and data.sets + len(material["frame_sets"]) > max_sets:
+                capped = True
+                feed.close()
+                print(f"data: the memory budget ({budget / 2**30:.1f} GiB, {set_bytes / 2**20:.1f} MiB a frame set) "
+                      f"holds {data.sets} frame sets: training goes on with the {data.videos} videos taken",
+                      flush=True)
+                return
+            data.add(material)
+
+    take(first)
     if not data.clips:
         feed.close()
         raise SystemExit(f"no training clip in the first {data.videos} videos: curation rejected them all")
@@ -527,8 +568,7 @@ def main(argv=None) -> dict:
                 break
             t0 = time.perf_counter()
             if step % args.add_every == 0:  # videos rendered meanwhile join the next epochs
-                for material in feed.ready():
-                    data.add(material)
+                take(feed.ready())
                 encoded += data.encode_new(modules.vae, modules.latent_cache)
             batch = data.batch(config.batch_size, rng)
             t1 = time.perf_counter()
@@ -564,7 +604,9 @@ def main(argv=None) -> dict:
                   training_videos=data.videos, videos_asked=len(jobs), clips=len(data), yuv420=not args.no_yuv420,
                   start_videos=args.start_videos, seconds_to_start=round(data_s, 1),
                   render_seconds=feed.seconds and round(feed.seconds, 1),
-                  seconds_per_video=round(feed.per_video(), 3), workers=args.workers, frames_encoded=encoded),
+                  seconds_per_video=round(feed.per_video(), 3), workers=args.workers, frames_encoded=encoded,
+                  memory_budget_gib=budget and round(budget / 2**30, 2), frame_set_mib=round(set_bytes / 2**20, 2),
+                  stopped_at_memory_budget=capped),
         config={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()},
         start=str(args.start), device=(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
         steps=steps, epochs=data.epoch + 1, step_seconds=round(step_s, 4), train_seconds=round(train_s, 1),

@@ -185,3 +185,25 @@ def test_videos_join_while_training_runs():
     assert torch.equal(data.frames[2], stored)  # the grown tensors keep the order the videos came in
     epoch1 = [data.batch(1, rng)["clip_id"][0] for _ in range(6)]
     assert data.epoch == 1 and sorted(epoch1) == sorted([gpu.GpuClips.set_key(k) for k in (0, 0, 1, 1, 2, 2)])
+
+
+def test_feed_stops_at_the_memory_budget(tmp_path):
+    """More videos asked than the device holds: training takes the videos that fit in --data-gib and says so."""
+    from mimicmotion import demo_model as dm
+
+    jobs = gpu.dataset_jobs(0, 1, 1, 0, num_frames=dm.DEMO_VIDEO_FRAMES, fps=dm.DEMO_VIDEO_FPS, yuv420=False,
+                            latent_factor=4)
+    frame_set = gpu.video_material(jobs[0])["frame_sets"][0]
+    mib = gpu.frame_set_bytes(frame_set, latent_channels=4) / 2**20
+    positions, (h, w) = len(frame_set["valid"]), frame_set["hand_masks"].shape[-2:]
+    assert mib * 2**20 == (frame_set["frames"].nbytes * 2 + frame_set["hand_masks"].nbytes
+                           + positions * 2 * 4 * h * w * 4)
+    summary = gpu.main(["--out", str(tmp_path / "stage"), "--videos", "3", "--extra-videos", "0", "--steps", "1",
+                        "--batch-size", "1", "--workers", "1", "--device", "cpu", "--data-gib",
+                        str(1.5 * mib / 1024)])
+    data = summary["data"]
+    assert data["training_videos"] == 1 and data["stopped_at_memory_budget"] is True
+    assert data["frame_set_mib"] == round(mib, 2) and summary["steps"] == 1
+    with pytest.raises(SystemExit, match="not even one video"):
+        gpu.main(["--out", str(tmp_path / "none"), "--videos", "3", "--extra-videos", "0", "--steps", "1",
+                  "--workers", "1", "--device", "cpu", "--data-gib", str(0.5 * mib / 1024)])
