@@ -42,6 +42,7 @@ import sys
 import time
 import types
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -178,8 +179,9 @@ def dataset_jobs(seed: int, videos: int, extra_seed: int, extra_videos: int, num
 
 class VideoFeed:
     """``video_material`` of each job, in job order, from ``workers`` processes (one thread here when 1), read in
-    the background: ``wait(n)`` blocks until n videos are there and returns them, ``ready()`` returns whatever
-    arrived since without waiting. ``close()`` stops the workers (videos not yet taken are dropped)."""
+    the background: ``wait(n)`` blocks until n videos are there and returns them, ``ready(limit)`` returns what
+    arrived since (at most ``limit``; the rest stay queued) without waiting. ``close()`` stops the workers
+    (videos not yet taken are dropped)."""
 
     def __init__(self, jobs: list, workers: int):
         import queue
@@ -220,15 +222,16 @@ class VideoFeed:
     def wait(self, count: int) -> list:
         return [self._take(self._queue.get()) for _ in range(min(count, self.total - self.taken))]
 
-    def ready(self) -> list:
+    def ready(self, limit: Optional[int] = None) -> list:
         import queue
 
         out = []
-        while True:
+        while limit is None or len(out) < limit:
             try:
                 out.append(self._take(self._queue.get_nowait()))
             except queue.Empty:
-                return out
+                break
+        return out
 
     def per_video(self) -> float:
         """Mean time one worker spent on a video."""
@@ -538,7 +541,9 @@ def main(argv=None) -> dict:
     if not data.clips:
         feed.close()
         raise SystemExit(f"no training clip in the first {data.videos} videos: curation rejected them all")
+    t_encode = time.perf_counter()
     encoded = data.encode_new(modules.vae, modules.latent_cache)
+    encode_rate = encoded / max(time.perf_counter() - t_encode, 1e-6)  # frames a second
     data_s = time.perf_counter() - t_start
     print(f"data: training starts with {data.videos} of {len(jobs)} videos ({len(data)} clips) after {data_s:.0f} s",
           flush=True)
@@ -549,6 +554,11 @@ def main(argv=None) -> dict:
     config = dataclasses.replace(config, steps=steps, decay_steps=decay).validate()
     print(f"{step_s * 1000:.1f} ms/step (timed, x {args.step_margin} margin) -> {steps} steps (decay over the last "
           f"{decay})", flush=True)
+    # Each intake of new videos is encoded before the next step; it takes at most what encodes in about the
+    # time of the steps between intakes, so encoding cannot stall training past its deadline (on a GPU that is
+    # more than the workers deliver; on a CPU, where encoding is slow, the rest wait in the feed).
+    frames_per_video = encoded / max(data.videos, 1)
+    intake = max(1, int(args.add_every * step_s * encode_rate / max(frames_per_video, 1)))
 
     trainer = Trainer(modules, config)
     rng = np.random.default_rng([args.train_seed, 1])
@@ -568,7 +578,7 @@ def main(argv=None) -> dict:
                 break
             t0 = time.perf_counter()
             if step % args.add_every == 0:  # videos rendered meanwhile join the next epochs
-                take(feed.ready())
+                take(feed.ready(intake))
                 encoded += data.encode_new(modules.vae, modules.latent_cache)
             batch = data.batch(config.batch_size, rng)
             t1 = time.perf_counter()
@@ -606,7 +616,8 @@ def main(argv=None) -> dict:
                   render_seconds=feed.seconds and round(feed.seconds, 1),
                   seconds_per_video=round(feed.per_video(), 3), workers=args.workers, frames_encoded=encoded,
                   memory_budget_gib=budget and round(budget / 2**30, 2), frame_set_mib=round(set_bytes / 2**20, 2),
-                  stopped_at_memory_budget=capped),
+                  stopped_at_memory_budget=capped, encode_frames_per_s=round(encode_rate, 1),
+                  videos_per_intake=intake),
         config={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()},
         start=str(args.start), device=(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
         steps=steps, epochs=data.epoch + 1, step_seconds=round(step_s, 4), train_seconds=round(train_s, 1),

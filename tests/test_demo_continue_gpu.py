@@ -207,3 +207,18 @@ def test_feed_stops_at_the_memory_budget(tmp_path):
     with pytest.raises(SystemExit, match="not even one video"):
         gpu.main(["--out", str(tmp_path / "none"), "--videos", "3", "--extra-videos", "0", "--steps", "1",
                   "--workers", "1", "--device", "cpu", "--data-gib", str(0.5 * mib / 1024)])
+
+
+def test_feed_hands_over_at_most_the_intake_limit():
+    """``ready(limit)`` takes at most ``limit`` of the videos that arrived; the rest stay queued, in order."""
+    import time
+
+    jobs = gpu.dataset_jobs(0, 3, 1, 0, num_frames=24, fps=24.0, yuv420=False, latent_factor=4)
+    feed = gpu.VideoFeed(jobs, workers=1)
+    deadline = time.monotonic() + 120
+    while feed._queue.qsize() < len(jobs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first, rest = feed.ready(1), feed.ready()
+    feed.close()
+    assert len(first) == 1 and len(rest) == len(jobs) - 1 and feed.ready() == []
+    assert feed.taken == len(jobs) and len(feed.worker_seconds) == len(jobs)
