@@ -555,8 +555,9 @@ def main(argv=None) -> dict:
     print(f"{step_s * 1000:.1f} ms/step (timed, x {args.step_margin} margin) -> {steps} steps (decay over the last "
           f"{decay})", flush=True)
     # Each intake of new videos is encoded before the next step; it takes at most what encodes in about the
-    # time of the steps between intakes, so encoding cannot stall training past its deadline (on a GPU that is
-    # more than the workers deliver; on a CPU, where encoding is slow, the rest wait in the feed).
+    # time of the steps between intakes (the rate measured again on each large enough intake), so encoding
+    # cannot stall training past its deadline (on a GPU that is more than the workers deliver; on a CPU, where
+    # encoding is slow, the rest wait in the feed).
     frames_per_video = encoded / max(data.videos, 1)
     intake = max(1, int(args.add_every * step_s * encode_rate / max(frames_per_video, 1)))
 
@@ -579,7 +580,12 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             if step % args.add_every == 0:  # videos rendered meanwhile join the next epochs
                 take(feed.ready(intake))
-                encoded += data.encode_new(modules.vae, modules.latent_cache)
+                t_encode = time.perf_counter()
+                fresh = data.encode_new(modules.vae, modules.latent_cache)
+                encoded += fresh
+                if fresh >= 4 * frames_per_video:  # a rate measured on enough frames replaces the last one
+                    encode_rate = fresh / max(time.perf_counter() - t_encode, 1e-6)
+                    intake = max(1, int(args.add_every * step_s * encode_rate / max(frames_per_video, 1)))
             batch = data.batch(config.batch_size, rng)
             t1 = time.perf_counter()
             m = trainer.train_step(batch)
