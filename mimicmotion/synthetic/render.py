@@ -445,10 +445,12 @@ def compose_frame(idx, bg, bg_shadow, lut, lut2, part_lut, garment_lut, patterns
     ``origin`` = (x, y): the clothing patterns are anchored to the frame): the background, the floor shadow,
     each primitive's colour (``lut`` by index), the clothing patterns (``patterns``: (garment id, kind, anchor,
     angle, period); ``lut2`` where a pattern is on), then outlines where a nearer part meets another part."""
-    img = bg.copy()
-    # masked copies in OpenCV (cv2.copyTo writes into img); numpy's boolean gathers were most of the time
-    cv2.copyTo(np.ascontiguousarray(bg_shadow), (idx == 1).view(np.uint8), img)
-    cv2.copyTo(cv2.LUT(cv2.merge([idx, idx, idx]), lut.reshape(1, 256, 3)), (idx >= FIRST_RANK).view(np.uint8), img)
+    img = np.array(bg, dtype=np.float32)  # a copy
+    # Masked copies in OpenCV (numpy's boolean gathers were most of the time). cv2.copyTo writes into img only
+    # when source and img agree in type, hence float32 throughout.
+    cv2.copyTo(np.ascontiguousarray(bg_shadow, dtype=np.float32), (idx == 1).view(np.uint8), img)
+    colours = cv2.LUT(cv2.merge([idx, idx, idx]), np.ascontiguousarray(lut, dtype=np.float32).reshape(1, 256, 3))
+    cv2.copyTo(colours, (idx >= FIRST_RANK).view(np.uint8), img)
     if patterns:
         gmap = garment_lut[idx]
         for gid, kind, anchor, angle, period in patterns:
