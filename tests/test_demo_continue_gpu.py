@@ -210,7 +210,7 @@ def test_feed_stops_at_the_memory_budget(tmp_path):
 
 
 def test_feed_hands_over_at_most_the_intake_limit():
-    """``ready(limit)`` takes at most ``limit`` of the videos that arrived; the rest stay queued, in order."""
+    """``ready(limit)`` takes at most ``limit`` of the videos that arrived; the rest stay queued for the next call."""
     import time
 
     jobs = gpu.dataset_jobs(0, 3, 1, 0, num_frames=24, fps=24.0, yuv420=False, latent_factor=4)
