@@ -525,9 +525,9 @@ def main(argv=None) -> dict:
 
     def take(materials) -> None:
         nonlocal capped
+        if capped:
+            return
         for material in materials:
-            if capped:
-                return
             if max_sets is not None and data.sets + len(material["frame_sets"]) > max_sets:
                 capped = True
                 feed.close()
@@ -537,13 +537,17 @@ def main(argv=None) -> dict:
                 return
             data.add(material)
 
+    def timed_encode() -> tuple:
+        """(frames encoded, frames a second) of the frame sets added since the last call."""
+        started = time.perf_counter()
+        frames = data.encode_new(modules.vae, modules.latent_cache)
+        return frames, frames / max(time.perf_counter() - started, 1e-6)
+
     take(first)
     if not data.clips:
         feed.close()
         raise SystemExit(f"no training clip in the first {data.videos} videos: curation rejected them all")
-    t_encode = time.perf_counter()
-    encoded = data.encode_new(modules.vae, modules.latent_cache)
-    encode_rate = encoded / max(time.perf_counter() - t_encode, 1e-6)  # frames a second
+    encoded, encode_rate = timed_encode()
     data_s = time.perf_counter() - t_start
     print(f"data: training starts with {data.videos} of {len(jobs)} videos ({len(data)} clips) after {data_s:.0f} s",
           flush=True)
@@ -559,7 +563,11 @@ def main(argv=None) -> dict:
     # cannot stall training past its deadline (on a GPU that is more than the workers deliver; on a CPU, where
     # encoding is slow, the rest wait in the feed).
     frames_per_video = encoded / max(data.videos, 1)
-    intake = max(1, int(args.add_every * step_s * encode_rate / max(frames_per_video, 1)))
+
+    def intake_for(rate: float) -> int:
+        return max(1, int(args.add_every * step_s * rate / max(frames_per_video, 1)))
+
+    intake = intake_for(encode_rate)
 
     trainer = Trainer(modules, config)
     rng = np.random.default_rng([args.train_seed, 1])
@@ -580,12 +588,10 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             if step % args.add_every == 0:  # videos rendered meanwhile join the next epochs
                 take(feed.ready(intake))
-                t_encode = time.perf_counter()
-                fresh = data.encode_new(modules.vae, modules.latent_cache)
+                fresh, rate = timed_encode()
                 encoded += fresh
                 if fresh >= 4 * frames_per_video:  # a rate measured on enough frames replaces the last one
-                    encode_rate = fresh / max(time.perf_counter() - t_encode, 1e-6)
-                    intake = max(1, int(args.add_every * step_s * encode_rate / max(frames_per_video, 1)))
+                    encode_rate, intake = rate, intake_for(rate)
             batch = data.batch(config.batch_size, rng)
             t1 = time.perf_counter()
             m = trainer.train_step(batch)
