@@ -716,15 +716,19 @@ def build_initial_model(out_dir, vae, seed: int = 0) -> tuple:
     return save_demo_model(out_dir, components)
 
 
-def split_sql(split: str, first_clip_only: bool = False, limit: Optional[int] = None) -> tuple:
+def split_sql(split: str, first_clip_only: bool = False, limit: Optional[int] = None, offset: int = 0) -> tuple:
     """(SQL, params) selecting the catalog clips of one split of a synthetic dataset (``train``/``test``).
 
     ``first_clip_only``: one clip per video (its first), so an evaluation does not count a video twice;
-    ``limit``: at most that many clips (in clip-id order, a fixed pseudo-random choice of videos)."""
+    ``limit``: at most that many clips (in clip-id order, a fixed pseudo-random choice of videos); ``offset``:
+    skip that many first, e.g. ``split_sql("test", True, 16, offset=16)`` selects validation clips: videos of the
+    test split that the evaluation's first 16 leave out, to choose between candidates without the test clips."""
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ConfigError(f"offset must be an integer >= 0, got {offset!r}")
     sql = ("SELECT c.clip_id FROM clips c JOIN videos v USING (video_id) "
            "WHERE v.status = 'ok' AND v.source_path LIKE $pattern")
     params: dict = {"pattern": f"%/{split}/%"}
@@ -734,6 +738,9 @@ def split_sql(split: str, first_clip_only: bool = False, limit: Optional[int] = 
     if limit is not None:
         sql += " LIMIT $limit"
         params["limit"] = limit
+    if offset:
+        sql += " OFFSET $offset"
+        params["offset"] = offset
     return sql, params
 
 

@@ -231,6 +231,10 @@ def test_split_sql_selects_the_split(tmp_path):
     assert ids("test") == ["b-0", "b-1", "d-0", "d-1"]
     assert ids("test", first_clip_only=True) == ["b-0", "d-0"]
     assert ids("test", first_clip_only=True, limit=1) == ["b-0"]
+    assert ids("test", first_clip_only=True, limit=1, offset=1) == ["d-0"]  # the validation clips
+    assert ids("test", offset=3) == ["d-1"]
+    with pytest.raises(ConfigError, match="offset"):
+        dm.split_sql("test", offset=-1)
     with pytest.raises(ConfigError, match="split"):
         dm.split_sql("val")
     with pytest.raises(ConfigError, match="limit"):
