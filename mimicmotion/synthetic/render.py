@@ -473,6 +473,13 @@ def compose_frame(idx, bg, bg_shadow, lut, lut2, part_lut, garment_lut, patterns
     return img
 
 
+def downscale_to_uint8(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A supersampled float image to output pixels: INTER_AREA (each ss x ss block averaged on its own at an
+    integer scale), rounded and clipped to uint8. The background and every drawn window go through this one
+    function, so a window's pixels equal the whole frame's."""
+    return np.clip(np.round(cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)), 0, 255).astype(np.uint8)
+
+
 def draw_scene(scene: Scene, app: Appearance) -> DrawnClip:
     """Paint every frame and measure keypoint occlusion on the index map."""
     ss, w, h = scene.ss, scene.width, scene.height
@@ -482,7 +489,7 @@ def draw_scene(scene: Scene, app: Appearance) -> DrawnClip:
     # Away from the figure and its shadow a frame is the background: downscaled once; each frame composes only
     # the window around what was drawn (INTER_AREA at an integer scale averages each ss x ss block on its own,
     # so a block-aligned window downscales to the same pixels as the whole frame).
-    bg_small = np.clip(np.round(cv2.resize(bg, (w, h), interpolation=cv2.INTER_AREA)), 0, 255).astype(np.uint8)
+    bg_small = downscale_to_uint8(bg, w, h)
     prims = scene.prims
     n_prims = len(prims)
     n = scene.keypoints.shape[0]
@@ -548,8 +555,7 @@ def draw_scene(scene: Scene, app: Appearance) -> DrawnClip:
                         for gid, (kind, anchor, angle, period) in scene.patterns.items()]
             img = compose_frame(idx[rows, cols], bg[rows, cols], bg_shadow[rows, cols], lut, lut2, part_lut,
                                 garment_lut, patterns, origin=(bx0 * ss, by0 * ss))
-            small = cv2.resize(img, (bx1 - bx0, by1 - by0), interpolation=cv2.INTER_AREA)
-            out[f, by0:by1, bx0:bx1] = np.clip(np.round(small), 0, 255).astype(np.uint8)
+            out[f, by0:by1, bx0:bx1] = downscale_to_uint8(img, bx1 - bx0, by1 - by0)
         # Occlusion: a keypoint is covered where the pixel shows a primitive it does not belong to that was
         # painted after all of its own primitives.
         own_rank = np.where(own, rank_of[None], -1).max(1)  # (134,)
