@@ -65,29 +65,37 @@ CSV_COLUMNS = ("step", "epoch", "loss", "hand_loss", "lr", "grad_norm", "step_ti
 # ----------------------------------------------------------------------------------------------------
 # Frames as the H.264 files hold them (pure)
 
+# BT.601 limited range: RGB -> (Y, Cb, Cr) and back, as affine 3 x 4 matrices for cv2.transform.
+_TO_YCBCR = np.array([[65.481, 128.553, 24.966, 16 * 255], [-37.797, -74.203, 112.0, 128 * 255],
+                      [112.0, -93.786, -18.214, 128 * 255]], np.float32) / 255
+_Y_SCALE, _C_SCALE = 255 / 219, 255 / 224
+_FROM_YCBCR_LINEAR = np.array([[_Y_SCALE, 0.0, 1.402 * _C_SCALE],
+                               [_Y_SCALE, -0.344136 * _C_SCALE, -0.714136 * _C_SCALE],
+                               [_Y_SCALE, 1.772 * _C_SCALE, 0.0]], np.float32)
+_FROM_YCBCR = np.concatenate([_FROM_YCBCR_LINEAR, -(_FROM_YCBCR_LINEAR @ np.float32([16, 128, 128]))[:, None]], 1)
+
+
 def yuv420_round_trip(frames: np.ndarray) -> np.ndarray:
     """RGB uint8 (N, H, W, 3) through BT.601 limited-range YUV with 2x2-averaged chroma and back (chroma
     upsampled bilinearly): what storing the frames as yuv420p H.264 does to them, less the codec's own loss.
     Height and width must be even (the demo's 128 x 192 are). Written out because the GPU machine has no PyAV
-    (whose ``reformat`` would do it), and OpenCV's I420 conversion is full range."""
+    (whose ``reformat`` would do it), and OpenCV's I420 conversion is full range. Per frame in float32 with
+    OpenCV (a 2x2 INTER_AREA resize is the block mean): ~14x faster than whole-array float64 numpy, and equal
+    to it but for one value in ~3 million that rounds the other way at a .5."""
     import cv2
 
-    x = np.asarray(frames, dtype=np.float64)
+    x = np.asarray(frames)
     n, h, w, _ = x.shape
     if h % 2 or w % 2:
         raise ValueError(f"yuv420_round_trip needs even frame sizes, got {w}x{h}")
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    y = np.round(16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255)
-
-    def chroma(c):
-        half = np.round(c.reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4)))
-        return np.stack([cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for p in half])
-
-    cb = chroma(128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255)
-    cr = chroma(128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255)
-    yy, pb, pr = (y - 16) * 255 / 219, (cb - 128) * 255 / 224, (cr - 128) * 255 / 224
-    rgb = np.stack([yy + 1.402 * pr, yy - 0.344136 * pb - 0.714136 * pr, yy + 1.772 * pb], axis=-1)
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        ycbcr = cv2.transform(x[i].astype(np.float32), _TO_YCBCR)
+        chroma = np.rint(cv2.resize(ycbcr, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+        planes = cv2.resize(chroma, (w, h), interpolation=cv2.INTER_LINEAR)
+        planes[..., 0] = np.rint(ycbcr[..., 0])  # luma keeps every pixel
+        out[i] = np.clip(np.rint(cv2.transform(planes, _FROM_YCBCR)), 0, 255)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------

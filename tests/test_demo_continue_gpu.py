@@ -30,6 +30,39 @@ def test_yuv420_round_trip_keeps_flat_colours_and_averages_chroma_detail():
         gpu.yuv420_round_trip(np.zeros((1, 3, 4, 3), np.uint8))
 
 
+def _yuv420_reference(frames):
+    """The conversion written out whole-array in float64 (BT.601 limited range, chroma rounded after the 2x2
+    mean, upsampled bilinearly with OpenCV's half-pixel centres)."""
+    import cv2
+
+    x = frames.astype(np.float64)
+    n, h, w, _ = x.shape
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = np.round(16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255)
+
+    def chroma(c):
+        half = np.round(c.reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4)))
+        return np.stack([cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for p in half])
+
+    cb = chroma(128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255)
+    cr = chroma(128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255)
+    yy, pb, pr = (y - 16) * 255 / 219, (cb - 128) * 255 / 224, (cr - 128) * 255 / 224
+    rgb = np.stack([yy + 1.402 * pr, yy - 0.344136 * pb - 0.714136 * pr, yy + 1.772 * pb], axis=-1)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def test_yuv420_round_trip_equals_the_float64_conversion_but_for_rare_half_roundings():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (3, 16, 12, 3), dtype=np.uint8)
+    ramps = np.broadcast_to(np.linspace(0, 255, 12)[None, None, :, None], (2, 16, 12, 3)).astype(np.uint8).copy()
+    ramps[1] = ramps[1, :, ::-1] // 2 + rng.integers(0, 60, (16, 12, 3), dtype=np.uint8)
+    frames = np.concatenate([noise, ramps])
+    out, ref = gpu.yuv420_round_trip(frames), _yuv420_reference(frames)
+    assert out.dtype == np.uint8 and out.shape == frames.shape
+    diff = np.abs(out.astype(int) - ref)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
 def test_weight_parts_stay_under_the_limit_and_join_into_the_checkpoint(tmp_path):
     from safetensors.torch import load_file, save_file
 
