@@ -16,8 +16,9 @@ trains its decoder on) and reports the totals:
 ``--decay-steps N`` lowers the learning rate linearly towards 0 over the run's last N steps (e.g. a final
 phase of a continued model). ``--adapt-decoder-steps N`` then samples the trained model on training clips
 (as the evaluation renders) and trains the VAE decoder N steps to decode those latents into the true
-frames (encoder frozen; `demo_model.adapt_decoder`); with ``--train-steps 0`` a finished model keeps its
-UNet and only its decoder is adapted:
+frames (encoder frozen; `demo_model.adapt_decoder`), scored before and after on samples of validation clips
+(the first clips of ``--adapt-validation-clips`` test videos past the ``--eval-clips`` the evaluation takes);
+with ``--train-steps 0`` a finished model keeps its UNet and only its decoder is adapted:
 
     python flows/demo_model.py --work /tmp/demo-adapt --continue-from mimicmotion/assets/demo_model \
         --train-steps 0 --adapt-decoder-steps 1500 --ship
@@ -132,13 +133,18 @@ def continue_vae_task(synth_dir: str, vae_dir: str, out_dir: str, steps: int, se
 
 @task(name="sample-decoder-pairs", cache_policy=NO_CACHE)
 def sample_decoder_pairs_task(catalog: str, base_dir: str, checkpoint: str, out_dir: str, clips: int,
-                              guidance: float, steps: int, seed: int, device: str = "cpu", max_frames: int = 24) -> str:
-    """The trained model's latents for the first ``max_frames`` frames of the first clip of ``clips`` training
-    videos (as the evaluation renders them), with their true frames."""
+                              guidance: float, steps: int, seed: int, device: str = "cpu", max_frames: int = 24,
+                              split: str = "train", offset: int = 0) -> Optional[str]:
+    """The trained model's latents for the first ``max_frames`` frames of the first clip of ``clips`` videos of
+    ``split`` (from the ``offset``-th in clip-id order), as the evaluation renders them, with their true frames.
+    None when the split has no such clips."""
     from mimicmotion.evaluation import select_clips
 
-    sql, params = dm.split_sql("train", first_clip_only=True, limit=clips)
+    sql, params = dm.split_sql(split, first_clip_only=True, limit=clips, offset=offset)
     clip_ids = select_clips(catalog, sql=sql, params=params)
+    if not clip_ids:
+        get_run_logger().info("no %s clips from the %d-th on to sample decoder pairs from", split, offset)
+        return None
     return str(dm.write_decoder_pairs(catalog, base_dir, checkpoint, clip_ids, out_dir, steps=steps,
                                       guidance=guidance, seed=seed, max_frames=max_frames, log=get_run_logger().info,
                                       device=device))
@@ -146,16 +152,21 @@ def sample_decoder_pairs_task(catalog: str, base_dir: str, checkpoint: str, out_
 
 @task(name="adapt-decoder", cache_policy=NO_CACHE)
 def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int,
-                       held_out_every: int = dm.ADAPT_HELD_OUT_EVERY, device: str = "cpu") -> dict:
-    """Adapt the VAE decoder to the sampled pairs (``dm.adapt_decoder``; every ``held_out_every``-th pair is
-    held out and scored) and save it with its metrics into ``out_dir`` in one rename. An ``out_dir`` an earlier
-    run saved from the same VAE, pairs and settings is kept; one from others is moved to
-    ``<out_dir>-replaced-<n>`` and the decoder adapted again."""
+                       held_out_every: int = dm.ADAPT_HELD_OUT_EVERY, device: str = "cpu",
+                       held_out_dir: Optional[str] = None) -> dict:
+    """Adapt the VAE decoder to the sampled pairs (``dm.adapt_decoder``) and save it with its metrics into
+    ``out_dir`` in one rename. Scored before and after on ``held_out_dir``'s pairs (clips of videos the UNet did
+    not train on) when given, all of ``pairs_dir`` adapted on; else every ``held_out_every``-th pair of
+    ``pairs_dir`` is held out (clips of training videos, which the UNet renders better: a gain there can
+    overstate one on unseen videos). An ``out_dir`` an earlier run saved from the same VAE, pairs and settings is
+    kept; one from others is moved to ``<out_dir>-replaced-<n>`` and the decoder adapted again."""
     from diffusers import AutoencoderKLTemporalDecoder
 
     out = Path(out_dir)
     request = dict(steps=steps, seed=seed, held_out_every=held_out_every, vae=dm.folder_digest(vae_dir),
                    pairs=dm.pairs_digest(pairs_dir))
+    if held_out_dir is not None:
+        request = dict(request, held_out_every=None, held_out_pairs=dm.pairs_digest(held_out_dir))
     if _saved(out):
         metrics = json.loads((out / "metrics.json").read_text())
         if metrics.get("request") == request:
@@ -164,11 +175,14 @@ def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, s
         out.replace(aside)
         get_run_logger().info("%s was adapted with other pairs or settings; moved to %s", out, aside)
     pairs = dm.load_decoder_pairs(pairs_dir)
-    train, held = dm.held_out_split(pairs, held_out_every)
+    if held_out_dir is not None:
+        train, held, source = pairs, dm.load_decoder_pairs(held_out_dir), "validation"
+    else:
+        (train, held), source = dm.held_out_split(pairs, held_out_every), "training"
     vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir).to(device)
     metrics = dm.adapt_decoder(vae, train, steps=steps, seed=seed, held_out=held,
                                log=lambda m: get_run_logger().info("adapt decoder %s", m))
-    metrics = dict(metrics, request=request)
+    metrics = dict(metrics, request=request, held_out_source=source)
     _save_vae(vae.to("cpu"), metrics, out)
     return metrics
 
@@ -179,8 +193,8 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                ship: bool = False, vae_decoder_steps: int = 0, continue_from: Optional[str] = None,
                train_seed: Optional[int] = None, decay_steps: int = 0, vae_decoder_ssim_weight: float = 0.5,
                adapt_decoder_steps: int = 0, adapt_clips: int = 128, adapt_guidance: float = 2.0,
-               vae_continue_steps: int = 0, vae_continue_ssim_weight: float = 2.0, device: str = "cpu",
-               vae_downscale: Optional[int] = None, extra_train_videos: int = 0,
+               adapt_validation_clips: int = 16, vae_continue_steps: int = 0, vae_continue_ssim_weight: float = 2.0,
+               device: str = "cpu", vae_downscale: Optional[int] = None, extra_train_videos: int = 0,
                latent_cache_from: Optional[str] = None) -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
@@ -279,9 +293,18 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         # pairs drawn with seeds apart from the evaluation's; sampled as the evaluation renders
         pairs = sample_decoder_pairs_task(str(catalog), str(base), run["model"], str(root / "decoder-pairs"),
                                           adapt_clips, adapt_guidance, eval_steps, seed + 1000, device, eval_frames)
+        if pairs is None:
+            raise ConfigError(f"no training clips in {catalog} to sample the decoder adaptation's pairs from")
+        # scored on validation clips: the first clips of test videos the evaluation leaves out (none when the test
+        # split has no more videos than it evaluates; then pairs of training videos are held out instead)
+        validation = (sample_decoder_pairs_task(str(catalog), str(base), run["model"],
+                                                str(root / "decoder-pairs-validation"), adapt_validation_clips,
+                                                adapt_guidance, eval_steps, seed + 2000, device, eval_frames,
+                                                split="test", offset=eval_clips)
+                      if adapt_validation_clips > 0 else None)
         vae_metrics = dict(vae_metrics, adapted=dict(
             adapt_decoder_task(pairs, str(base / "vae"), str(root / "vae-adapted"), adapt_decoder_steps, seed,
-                               device=device),
+                               device=device, held_out_dir=validation),
             guidance=adapt_guidance, sampler_steps=eval_steps))
         base = dm.base_with_vae(base, root / "vae-adapted", root / "base-adapted")
     test_sql, test_params = dm.split_sql("test", first_clip_only=True, limit=eval_clips)
@@ -339,6 +362,9 @@ def main(argv=None) -> int:
                          "model's own samples of training clips (default 0: off)")
     ap.add_argument("--adapt-clips", type=int, default=128, help="training clips sampled for the decoder adaptation")
     ap.add_argument("--adapt-guidance", type=float, default=2.0, help="guidance of those samples")
+    ap.add_argument("--adapt-validation-clips", type=int, default=16,
+                    help="test videos past the --eval-clips evaluated whose first clips score the adaptation "
+                         "(0, or none left: every 16th training pair is held out instead)")
     ap.add_argument("--device", default="cpu", help="where every stage runs: cpu, or cuda / cuda:N on a machine with a "
                                                   "GPU (the UNet then trains with one GPU per --workers)")
     ap.add_argument("--vae-downscale", type=int, choices=dm.DEMO_DOWNSCALES,
@@ -358,7 +384,8 @@ def main(argv=None) -> int:
                          continue_from=args.continue_from, train_seed=args.train_seed,
                          decay_steps=args.decay_steps, vae_decoder_ssim_weight=args.vae_decoder_ssim_weight,
                          adapt_decoder_steps=args.adapt_decoder_steps, adapt_clips=args.adapt_clips,
-                         adapt_guidance=args.adapt_guidance, vae_continue_steps=args.vae_continue_steps,
+                         adapt_guidance=args.adapt_guidance,
+                         adapt_validation_clips=args.adapt_validation_clips, vae_continue_steps=args.vae_continue_steps,
                          vae_continue_ssim_weight=args.vae_continue_ssim_weight, device=args.device,
                          vae_downscale=args.vae_downscale, extra_train_videos=args.extra_train_videos,
                          latent_cache_from=args.latent_cache_from)

@@ -952,12 +952,7 @@ def model_card(summary: dict) -> str:
            f"{vae['continued'].get('ssim_weight')} x (1 - SSIM)): "
            f"{_picked(vae['continued'], ('step', 'psnr', 'ssim', 'seconds'))}; its latents moved, so the UNet "
            "below trained on with them"] if isinstance(vae.get("continued"), dict) else []),
-        *([f"- VAE decoder adapted to the UNet's own samples (`adapt_decoder`, encoder frozen; "
-           f"trained on {vae['adapted'].get('pairs')} training clips sampled at guidance "
-           f"{vae['adapted'].get('guidance')} ({vae['adapted'].get('held_out', 0)} more held out), "
-           f"{vae['adapted'].get('step')} steps, {vae['adapted'].get('seconds', 0):.0f} s): held-out samples "
-           f"decode at {_scores(vae['adapted'].get('before'))} before, {_scores(vae['adapted'].get('after'))} after"]
-          if isinstance(vae.get("adapted"), dict) else []),
+        *([_adapted_line(vae["adapted"])] if isinstance(vae.get("adapted"), dict) else []),
         "- UNet + PoseNet: "
         + _picked(run, ("step", "workers", "clips", "train_seconds", "first_loss", "last_loss"), all_keys=True),
         *([f"- Continued from an earlier demo model trained {run['continued_from']['steps']} steps "
@@ -983,6 +978,17 @@ def _data_line(data: dict) -> str:
 def _picked(record: dict, keys, all_keys: bool = False) -> str:
     """JSON of ``record``'s entries under ``keys`` (those it has; ``all_keys``: every key, null when missing)."""
     return json.dumps({k: record.get(k) for k in keys if all_keys or k in record}, default=str)
+
+
+def _adapted_line(adapted: dict) -> str:
+    """The model card's line for the decoder adaptation; says which clips scored it."""
+    validation = adapted.get("held_out_source") == "validation"
+    held = (f"{adapted.get('held_out', 0)} validation clips (test videos the evaluation leaves out)" if validation
+            else f"{adapted.get('held_out', 0)} held-out clips of training videos")
+    return (f"- VAE decoder adapted to the UNet's own samples (`adapt_decoder`, encoder frozen; trained on "
+            f"{adapted.get('pairs')} training clips sampled at guidance {adapted.get('guidance')}, "
+            f"{adapted.get('step')} steps, {adapted.get('seconds', 0):.0f} s): the samples of {held} decode at "
+            f"{_scores(adapted.get('before'))} before, {_scores(adapted.get('after'))} after")
 
 
 def _scores(scores) -> str:

@@ -503,9 +503,11 @@ def faked_flow(tmp_path, monkeypatch):
     monkeypatch.setattr(flow_module, "finetune_vae_decoder_task", fake_vae_stage("decoder"))
     monkeypatch.setattr(flow_module, "continue_vae_task", fake_vae_stage("continue"))
 
-    def fake_pairs(*args):
-        calls.setdefault("pairs", []).append(args)
-        return args[3]
+    no_validation = [False]  # True: the catalog's test split has no clips past the evaluated ones
+
+    def fake_pairs(*args, **kwargs):
+        calls.setdefault("pairs", []).append(args + ((kwargs,) if kwargs else ()))
+        return None if kwargs.get("split") == "test" and no_validation[0] else args[3]
 
     def fake_adapt(pairs, vae_dir, out, *args, **kwargs):
         calls.setdefault("adapt", []).append((pairs, vae_dir, out, *args, kwargs))
@@ -514,7 +516,8 @@ def faked_flow(tmp_path, monkeypatch):
 
     monkeypatch.setattr(flow_module, "sample_decoder_pairs_task", fake_pairs)
     monkeypatch.setattr(flow_module, "adapt_decoder_task", fake_adapt)
-    return dict(flow=flow_module.demo_model.fn, shipped=shipped, calls=calls, earlier=earlier)
+    return dict(flow=flow_module.demo_model.fn, shipped=shipped, calls=calls, earlier=earlier,
+                no_validation=no_validation)
 
 
 def test_demo_model_flow_wires_the_decoder_stage(tmp_path, faked_flow):
@@ -631,10 +634,14 @@ def test_demo_model_flow_adapts_the_decoder_of_a_finished_model(tmp_path, faked_
                    adapt_guidance=1.0, eval_steps=4)
     start_base, start_ckpt = str(work / "start" / "base"), str(work / "start" / dm.SHIPPED_CHECKPOINT)
     assert "train" not in calls
+    validation = str(work / "decoder-pairs-validation")
     assert calls["pairs"] == [(str(work / "catalog"), start_base, start_ckpt, str(work / "decoder-pairs"), 3, 1.0, 4,
-                               1000, "cpu", 16)]  # the evaluation's frames (eval_frames)
+                               1000, "cpu", 16),  # the evaluation's frames (eval_frames)
+                              # scored on the first clips of the 16 test videos after the 16 evaluated
+                              (str(work / "catalog"), start_base, start_ckpt, validation, 16, 1.0, 4, 2000, "cpu", 16,
+                               {"split": "test", "offset": 16})]
     assert calls["adapt"] == [(str(work / "decoder-pairs"), start_base + "/vae", str(work / "vae-adapted"), 5, 0,
-                               {"device": "cpu"})]
+                               {"device": "cpu", "held_out_dir": validation})]
     (evaluated,) = calls["evaluate"]
     assert evaluated["base_model"] == str(work / "base-adapted") and evaluated["checkpoint"] == start_ckpt
     assert (work / "base-adapted" / "vae" / "config.json").is_file()
@@ -643,6 +650,17 @@ def test_demo_model_flow_adapts_the_decoder_of_a_finished_model(tmp_path, faked_
                                 "metrics": str(work / "start" / "metrics.csv")}
     assert summary["vae"]["adapted"] == {"step": 5, "pairs": 3, "guidance": 1.0, "sampler_steps": 4}
     assert "VAE decoder adapted to the UNet's own samples" in dm.model_card(summary)
+
+    # without validation clips (none asked for, or the test split has none past the evaluated ones) every 16th
+    # training pair is held out, as before
+    for options, no_clips in ((dict(adapt_validation_clips=0), False), ({}, True)):
+        calls.clear()
+        faked_flow["no_validation"][0] = no_clips
+        flow(str(tmp_path / f"adapted-{no_clips}"), continue_from=str(shipped), train_steps=0, adapt_decoder_steps=5,
+             adapt_clips=3, eval_clips=8, **options)
+        assert [c[-1] for c in calls["pairs"]] == ([16, {"split": "test", "offset": 8}] if no_clips else [16])
+        assert calls["adapt"][0][-1] == {"device": "cpu", "held_out_dir": None}
+    faked_flow["no_validation"][0] = False
 
     calls.clear()
     with pytest.raises(ConfigError, match="train_steps"):
@@ -687,7 +705,8 @@ def test_demo_model_flow_runs_every_stage_on_the_device_asked_for(tmp_path, fake
     flow(str(tmp_path / "gpu"), continue_from=str(shipped), vae_continue_steps=4, train_steps=1,
          adapt_decoder_steps=2, adapt_clips=3, device="cuda")
     assert calls["continue"][0][1]["device"] == "cuda" and calls["pairs"][0][-2] == "cuda"
-    assert calls["adapt"][0][-1] == {"device": "cuda"} and calls["evaluate"][0]["device"] == "cuda"
+    assert calls["adapt"][0][-1]["device"] == "cuda" and calls["evaluate"][0]["device"] == "cuda"
+    assert calls["pairs"][1][-3] == "cuda"  # the validation pairs too
     assert calls["train"][0]["use_gpu"] is True
 
     calls.clear()
@@ -838,6 +857,49 @@ def test_adapt_decoder_task_keeps_only_an_adaptation_of_the_same_request(tmp_pat
     adapt(str(pairs_dir), str(tmp_path / "vae"), str(out), 3, 0, held_out_every=2)
     assert runs[-1] == (3, 1, 2) and (tmp_path / "vae-adapted-replaced-2" / "config.json").is_file()
     assert (out / "config.json").is_file()
+
+    # scored on other pairs (validation clips): adapted on all of pairs_dir, the held-out folder is part of the
+    # request, and the record and the model card say which clips scored it
+    held_dir = tmp_path / "validation"
+    held_dir.mkdir()
+    np.savez(held_dir / "clip9.npz", **_soft_pairs(vae, 1, seed=9, frames_per_pair=8)[0])
+    validated = adapt(str(pairs_dir), str(tmp_path / "vae"), str(out), 3, 0, held_out_dir=str(held_dir))
+    assert runs[-1] == (3, 3, 1) and validated["held_out_source"] == "validation"
+    assert validated["request"]["held_out_pairs"] == dm.pairs_digest(held_dir)
+    assert adapt(str(pairs_dir), str(tmp_path / "vae"), str(out), 3, 0, held_out_dir=str(held_dir)) == validated
+    assert len(runs) == 4
+    np.savez(held_dir / "clip10.npz", **_soft_pairs(vae, 1, seed=10, frames_per_pair=8)[0])
+    adapt(str(pairs_dir), str(tmp_path / "vae"), str(out), 3, 0, held_out_dir=str(held_dir))
+    assert runs[-1] == (3, 3, 2)
+    card = dm.model_card({"vae": {"adapted": dict(validated, pairs=3, held_out=1, guidance=2.0)}})
+    assert "the samples of 1 validation clips (test videos the evaluation leaves out) decode at" in card
+    card = dm.model_card({"vae": {"adapted": dict(first, pairs=1, held_out=1, guidance=2.0)}})
+    assert "the samples of 1 held-out clips of training videos decode at" in card
+
+
+def test_sample_decoder_pairs_task_samples_the_clips_of_the_split_asked_for(tmp_path, monkeypatch):
+    """The pairs task selects the first clips of the split from the offset on, and returns None (nothing
+    written) when there are none."""
+    import logging
+    from pathlib import Path
+
+    import mimicmotion.evaluation
+    from flows import demo_model as flow_module
+
+    asked, written = [], []
+    monkeypatch.setattr(mimicmotion.evaluation, "select_clips",
+                        lambda catalog, sql, params: asked.append((sql, params)) or (["c1"] if params["limit"] > 2
+                                                                                     else []))
+    monkeypatch.setattr(dm, "write_decoder_pairs", lambda *a, **k: written.append((a, k)) or Path(a[4]))
+    monkeypatch.setattr(flow_module, "get_run_logger", lambda: logging.getLogger("test"))
+    sample = flow_module.sample_decoder_pairs_task.fn
+    out = sample("cat", "base", "ckpt", str(tmp_path / "p"), 4, 2.0, 10, 7, split="test", offset=16)
+    assert out == str(tmp_path / "p") and asked[-1] == dm.split_sql("test", True, 4, offset=16)
+    assert written[-1][0][3] == ["c1"] and written[-1][1]["seed"] == 7
+    assert sample("cat", "base", "ckpt", str(tmp_path / "q"), 2, 2.0, 10, 7, split="test", offset=16) is None
+    assert len(written) == 1 and asked[-1] == dm.split_sql("test", True, 2, offset=16)
+    sample("cat", "base", "ckpt", str(tmp_path / "r"), 3, 2.0, 10, 7)
+    assert asked[-1] == dm.split_sql("train", True, 3)
 
 
 def test_a_saved_vae_stage_of_another_step_count_is_refused(tmp_path):
