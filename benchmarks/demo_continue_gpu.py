@@ -81,7 +81,7 @@ def yuv420_round_trip(frames: np.ndarray) -> np.ndarray:
     Height and width must be even (the demo's 128 x 192 are). Written out because the GPU machine has no PyAV
     (whose ``reformat`` would do it), and OpenCV's I420 conversion is full range. Per frame in float32 with
     OpenCV (a 2x2 INTER_AREA resize is the block mean): ~14x faster than whole-array float64 numpy, and equal
-    to it but for one value in ~3 million that rounds the other way at a .5."""
+    to it but for one value in ~2.7 million that rounds the other way at a .5."""
     import cv2
 
     x = np.asarray(frames)

@@ -209,8 +209,9 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
         raise ConfigError("vae_continue_steps trains a finished model's whole VAE, which moves its latents: it needs "
                           "continue_from and train_steps >= 1 (the UNet must learn the new latents); got "
                           f"continue_from={continue_from!r}, train_steps={train_steps}")
-    if isinstance(extra_train_videos, bool) or not isinstance(extra_train_videos, int) or extra_train_videos < 0:
-        raise ConfigError(f"extra_train_videos must be an integer >= 0, got {extra_train_videos!r}")
+    for name, value in (("extra_train_videos", extra_train_videos), ("adapt_validation_clips", adapt_validation_clips)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
     if latent_cache_from is not None and not Path(latent_cache_from).is_dir():
         raise ConfigError(f"latent_cache_from: {latent_cache_from} is not a folder; give an earlier build's "
                           f"run/latent_cache folder (or leave it out: the frames are then encoded as they come)")

@@ -661,6 +661,11 @@ def test_demo_model_flow_adapts_the_decoder_of_a_finished_model(tmp_path, faked_
         assert [c[-1] for c in calls["pairs"]] == ([16, {"split": "test", "offset": 8}] if no_clips else [16])
         assert calls["adapt"][0][-1] == {"device": "cpu", "held_out_dir": None}
     faked_flow["no_validation"][0] = False
+    calls.clear()
+    with pytest.raises(ConfigError, match="adapt_validation_clips must be an integer >= 0"):
+        flow(str(tmp_path / "refused"), continue_from=str(shipped), train_steps=0, adapt_decoder_steps=5,
+             adapt_validation_clips=-1)
+    assert not calls and not (tmp_path / "refused").exists()
 
     calls.clear()
     with pytest.raises(ConfigError, match="train_steps"):
