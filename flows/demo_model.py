@@ -163,10 +163,10 @@ def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, s
     from diffusers import AutoencoderKLTemporalDecoder
 
     out = Path(out_dir)
-    request = dict(steps=steps, seed=seed, held_out_every=held_out_every, vae=dm.folder_digest(vae_dir),
-                   pairs=dm.pairs_digest(pairs_dir))
+    request = dict(steps=steps, seed=seed, held_out_every=held_out_every if held_out_dir is None else None,
+                   vae=dm.folder_digest(vae_dir), pairs=dm.pairs_digest(pairs_dir))
     if held_out_dir is not None:
-        request = dict(request, held_out_every=None, held_out_pairs=dm.pairs_digest(held_out_dir))
+        request["held_out_pairs"] = dm.pairs_digest(held_out_dir)
     if _saved(out):
         metrics = json.loads((out / "metrics.json").read_text())
         if metrics.get("request") == request:
