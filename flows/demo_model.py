@@ -17,8 +17,8 @@ trains its decoder on) and reports the totals:
 phase of a continued model). ``--adapt-decoder-steps N`` then samples the trained model on training clips
 (as the evaluation renders) and trains the VAE decoder N steps to decode those latents into the true
 frames (encoder frozen; `demo_model.adapt_decoder`), scored before and after on samples of validation clips
-(the first clips of ``--adapt-validation-clips`` test videos past the ``--eval-clips`` the evaluation takes);
-with ``--train-steps 0`` a finished model keeps its UNet and only its decoder is adapted:
+(the first clips of ``--adapt-validation-clips`` test videos past the ``--eval-clips`` the evaluation takes;
+``--adapt-temporal`` trains the decoder's time convolutions too); with ``--train-steps 0`` a finished model keeps its UNet and only its decoder is adapted:
 
     python flows/demo_model.py --work /tmp/demo-adapt --continue-from mimicmotion/assets/demo_model \
         --train-steps 0 --adapt-decoder-steps 1500 --ship
@@ -153,13 +153,14 @@ def sample_decoder_pairs_task(catalog: str, base_dir: str, checkpoint: str, out_
 @task(name="adapt-decoder", cache_policy=NO_CACHE)
 def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, seed: int,
                        held_out_every: int = dm.ADAPT_HELD_OUT_EVERY, device: str = "cpu",
-                       held_out_dir: Optional[str] = None) -> dict:
+                       held_out_dir: Optional[str] = None, temporal: bool = False) -> dict:
     """Adapt the VAE decoder to the sampled pairs (``dm.adapt_decoder``) and save it with its metrics into
     ``out_dir`` in one rename. Scored before and after on ``held_out_dir``'s pairs (clips of videos the UNet did
     not train on) when given, all of ``pairs_dir`` adapted on; else every ``held_out_every``-th pair of
     ``pairs_dir`` is held out (clips of training videos, which the UNet renders better: a gain there can
     overstate one on unseen videos). An ``out_dir`` an earlier run saved from the same VAE, pairs and settings is
-    kept; one from others is moved to ``<out_dir>-replaced-<n>`` and the decoder adapted again."""
+    kept; one from others is moved to ``<out_dir>-replaced-<n>`` and the decoder adapted again. ``temporal``: its
+    time taps train too (``dm.adapt_decoder``)."""
     from diffusers import AutoencoderKLTemporalDecoder
 
     out = Path(out_dir)
@@ -167,6 +168,8 @@ def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, s
                    vae=dm.folder_digest(vae_dir), pairs=dm.pairs_digest(pairs_dir))
     if held_out_dir is not None:
         request["held_out_pairs"] = dm.pairs_digest(held_out_dir)
+    if temporal:  # only when asked: frame-wise adaptations saved before the option existed stay current
+        request["temporal"] = True
     if _saved(out):
         metrics = json.loads((out / "metrics.json").read_text())
         if metrics.get("request") == request:
@@ -180,7 +183,7 @@ def adapt_decoder_task(pairs_dir: str, vae_dir: str, out_dir: str, steps: int, s
     else:
         (train, held), source = dm.held_out_split(pairs, held_out_every), "training"
     vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir).to(device)
-    metrics = dm.adapt_decoder(vae, train, steps=steps, seed=seed, held_out=held,
+    metrics = dm.adapt_decoder(vae, train, steps=steps, seed=seed, held_out=held, temporal=temporal,
                                log=lambda m: get_run_logger().info("adapt decoder %s", m))
     metrics = dict(metrics, request=request, held_out_source=source)
     _save_vae(vae.to("cpu"), metrics, out)
@@ -195,7 +198,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                adapt_decoder_steps: int = 0, adapt_clips: int = 128, adapt_guidance: float = 2.0,
                adapt_validation_clips: int = 16, vae_continue_steps: int = 0, vae_continue_ssim_weight: float = 2.0,
                device: str = "cpu", vae_downscale: Optional[int] = None, extra_train_videos: int = 0,
-               latent_cache_from: Optional[str] = None) -> dict:
+               latent_cache_from: Optional[str] = None, adapt_temporal: bool = False) -> dict:
     from flows.curate import curate
     from flows.evaluate import evaluate
     from flows.train import train
@@ -305,7 +308,7 @@ def demo_model(work: str, videos: int = 160, seed: int = 0, vae_steps: int = 300
                       if adapt_validation_clips > 0 else None)
         vae_metrics = dict(vae_metrics, adapted=dict(
             adapt_decoder_task(pairs, str(base / "vae"), str(root / "vae-adapted"), adapt_decoder_steps, seed,
-                               device=device, held_out_dir=validation),
+                               device=device, held_out_dir=validation, temporal=adapt_temporal),
             guidance=adapt_guidance, sampler_steps=eval_steps))
         base = dm.base_with_vae(base, root / "vae-adapted", root / "base-adapted")
     test_sql, test_params = dm.split_sql("test", first_clip_only=True, limit=eval_clips)
@@ -366,6 +369,9 @@ def main(argv=None) -> int:
     ap.add_argument("--adapt-validation-clips", type=int, default=16,
                     help="test videos past the --eval-clips evaluated whose first clips score the adaptation "
                          "(0, or none left: every 16th training pair is held out instead)")
+    ap.add_argument("--adapt-temporal", action="store_true",
+                    help="let the adapted decoder's time convolutions use neighbouring frames of a decode chunk "
+                         "(their outer taps train from zero); default: each frame decodes on its own")
     ap.add_argument("--device", default="cpu", help="where every stage runs: cpu, or cuda / cuda:N on a machine with a "
                                                   "GPU (the UNet then trains with one GPU per --workers)")
     ap.add_argument("--vae-downscale", type=int, choices=dm.DEMO_DOWNSCALES,
@@ -389,7 +395,7 @@ def main(argv=None) -> int:
                          adapt_validation_clips=args.adapt_validation_clips, vae_continue_steps=args.vae_continue_steps,
                          vae_continue_ssim_weight=args.vae_continue_ssim_weight, device=args.device,
                          vae_downscale=args.vae_downscale, extra_train_videos=args.extra_train_videos,
-                         latent_cache_from=args.latent_cache_from)
+                         latent_cache_from=args.latent_cache_from, adapt_temporal=args.adapt_temporal)
     print(json.dumps(summary.get("evaluation"), indent=2, default=str))
     return 0
 

@@ -231,9 +231,18 @@ def hold_decoder_framewise(vae) -> int:
                 module.weight[:, :, 2] = 0.0
             mask = torch.zeros_like(module.weight)
             mask[:, :, 1] = 1.0
-            module.weight.register_hook(lambda g, m=mask: g * m)
+            handles = module.__dict__.setdefault("_framewise_hooks", [])
+            handles.append(module.weight.register_hook(lambda g, m=mask: g * m))
             held += 1
     return held
+
+
+def release_decoder_time_taps(vae) -> None:
+    """Undo ``hold_decoder_framewise``'s gradient masks (a decoder loaded from disk has none): the outer time taps
+    train again, from whatever they hold."""
+    for module in vae.decoder.modules():
+        for handle in module.__dict__.pop("_framewise_hooks", []):
+            handle.remove()
 
 
 def _as_clips(frames: np.ndarray) -> np.ndarray:
@@ -420,7 +429,7 @@ def _outer_taps_zero(vae) -> bool:
 
 def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: Optional[int] = 12, lr: float = 1e-4,
                   ssim_weight: float = 2.0, warmup_steps: int = 50, chunk: int = 8, seed: int = 0, held_out=(),
-                  log_every: int = 100, log: Optional[Callable[[dict], None]] = None) -> dict:
+                  temporal: bool = False, log_every: int = 100, log: Optional[Callable[[dict], None]] = None) -> dict:
     """Train ``vae``'s decoder (in place; encoder frozen, so the latents a UNet learnt on stay valid) to decode
     ``pairs`` (``decoder_pair`` dicts) into their frames.
 
@@ -428,8 +437,9 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
     cuts them) of a random pair, in a random ``crop`` x ``crop`` latent window (None: whole frames); with
     probability ``encoder_share`` the chunk's latents are the encoder's own (posterior mode, scaled) instead
     of the sampled ones. Loss L1 + MSE + ``ssim_weight`` x (1 - SSIM); AdamW, linear warm-up then cosine to 0.
-    A decoder held frame-wise (``hold_decoder_framewise``) stays so. ``held_out``: pairs scored before and
-    after (``pair_scores``). Returns the metrics."""
+    A decoder held frame-wise (``hold_decoder_framewise``) stays so unless ``temporal``: then the outer taps of
+    its time convolutions train from zero, so a frame may draw on its chunk's neighbours. ``held_out``: pairs
+    scored before and after (``pair_scores``). Returns the metrics."""
     _check_pairs(pairs, vae)
     if held_out:
         _check_pairs(held_out, vae)
@@ -444,7 +454,9 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
     if crop is not None and (crop < 2 or (ssim_weight and crop * factor < 11)):
         raise ConfigError(f"crop must be at least 2 latent cells (11 pixels with the SSIM term), got {crop}")
     before = pair_scores(vae, held_out, chunk) if held_out else {}
-    if _outer_taps_zero(vae):
+    if temporal:
+        release_decoder_time_taps(vae)
+    elif _outer_taps_zero(vae):
         hold_decoder_framewise(vae)
     for module in (vae.encoder, vae.quant_conv):
         module.requires_grad_(False)
@@ -487,7 +499,8 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
                 log(metrics)
     vae.requires_grad_(True)
     vae.eval()
-    metrics.update(pairs=len(pairs), encoder_share=encoder_share, crop=crop, lr=lr, ssim_weight=ssim_weight)
+    metrics.update(pairs=len(pairs), encoder_share=encoder_share, crop=crop, lr=lr, ssim_weight=ssim_weight,
+                   temporal=temporal)
     if held_out:
         metrics.update(held_out=len(held_out), before=before, after=pair_scores(vae, held_out, chunk))
     return metrics
@@ -985,7 +998,8 @@ def _adapted_line(adapted: dict) -> str:
     validation = adapted.get("held_out_source") == "validation"
     held = (f"{adapted.get('held_out', 0)} validation clips (test videos the evaluation leaves out)" if validation
             else f"{adapted.get('held_out', 0)} held-out clips of training videos")
-    return (f"- VAE decoder adapted to the UNet's own samples (`adapt_decoder`, encoder frozen; trained on "
+    how = "encoder frozen, time taps trained" if adapted.get("temporal") else "encoder frozen"
+    return (f"- VAE decoder adapted to the UNet's own samples (`adapt_decoder`, {how}; trained on "
             f"{adapted.get('pairs')} training clips sampled at guidance {adapted.get('guidance')}, "
             f"{adapted.get('step')} steps, {adapted.get('seconds', 0):.0f} s): the samples of {held} decode at "
             f"{_scores(adapted.get('before'))} before, {_scores(adapted.get('after'))} after")

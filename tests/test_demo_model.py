@@ -641,7 +641,7 @@ def test_demo_model_flow_adapts_the_decoder_of_a_finished_model(tmp_path, faked_
                               (str(work / "catalog"), start_base, start_ckpt, validation, 16, 1.0, 4, 2000, "cpu", 16,
                                {"split": "test", "offset": 16})]
     assert calls["adapt"] == [(str(work / "decoder-pairs"), start_base + "/vae", str(work / "vae-adapted"), 5, 0,
-                               {"device": "cpu", "held_out_dir": validation})]
+                               {"device": "cpu", "held_out_dir": validation, "temporal": False})]
     (evaluated,) = calls["evaluate"]
     assert evaluated["base_model"] == str(work / "base-adapted") and evaluated["checkpoint"] == start_ckpt
     assert (work / "base-adapted" / "vae" / "config.json").is_file()
@@ -659,8 +659,13 @@ def test_demo_model_flow_adapts_the_decoder_of_a_finished_model(tmp_path, faked_
         flow(str(tmp_path / f"adapted-{no_clips}"), continue_from=str(shipped), train_steps=0, adapt_decoder_steps=5,
              adapt_clips=3, eval_clips=8, **options)
         assert [c[-1] for c in calls["pairs"]] == ([16, {"split": "test", "offset": 8}] if no_clips else [16])
-        assert calls["adapt"][0][-1] == {"device": "cpu", "held_out_dir": None}
+        assert calls["adapt"][0][-1] == {"device": "cpu", "held_out_dir": None, "temporal": False}
     faked_flow["no_validation"][0] = False
+    # the temporal option reaches the adaptation
+    calls.clear()
+    flow(str(tmp_path / "adapted-temporal"), continue_from=str(shipped), train_steps=0, adapt_decoder_steps=5,
+         adapt_clips=3, adapt_temporal=True)
+    assert calls["adapt"][0][-1]["temporal"] is True
     calls.clear()
     with pytest.raises(ConfigError, match="adapt_validation_clips must be an integer >= 0"):
         flow(str(tmp_path / "refused"), continue_from=str(shipped), train_steps=0, adapt_decoder_steps=5,
@@ -766,6 +771,19 @@ def test_adapt_decoder_learns_the_samples_and_keeps_the_encoder():
     assert dm._outer_taps_zero(vae) and all(p.requires_grad for p in vae.parameters())
 
 
+def test_adapt_decoder_temporal_trains_the_time_taps():
+    """temporal=True releases the frame-wise decoder's outer time taps: they train from zero, and the card says so."""
+    vae = _tiny_vae()
+    dm.pretrain_vae(vae, _frames(8, 32, 32), steps=10, batch_size=4, lr=3e-3, crop=16, warmup_steps=2, log_every=10)
+    assert dm._outer_taps_zero(vae)
+    metrics = dm.adapt_decoder(vae, _soft_pairs(vae, 2, seed=0), steps=5, crop=None, lr=2e-3, warmup_steps=1, chunk=4,
+                               temporal=True)
+    assert metrics["temporal"] is True and not dm._outer_taps_zero(vae)
+    line = dm._adapted_line(dict(metrics, guidance=2.0))
+    assert "time taps trained" in line
+    assert "time taps" not in dm._adapted_line(dict(metrics, temporal=False, guidance=2.0))
+
+
 def test_adapt_decoder_rejects_bad_pairs():
     vae = _tiny_vae()
     (good,) = _soft_pairs(vae, 1, seed=0)
@@ -843,8 +861,8 @@ def test_adapt_decoder_task_keeps_only_an_adaptation_of_the_same_request(tmp_pat
         np.savez(pairs_dir / f"clip{i}.npz", **pair)
     runs = []
 
-    def fake_adapt(vae, pairs, *, steps, seed, held_out, log):
-        runs.append((steps, len(pairs), len(held_out)))
+    def fake_adapt(vae, pairs, *, steps, seed, held_out, temporal, log):
+        runs.append((steps, len(pairs), len(held_out)) + (("temporal",) if temporal else ()))
         return dict(step=steps)
 
     monkeypatch.setattr(dm, "adapt_decoder", fake_adapt)
@@ -880,6 +898,11 @@ def test_adapt_decoder_task_keeps_only_an_adaptation_of_the_same_request(tmp_pat
     assert "the samples of 1 validation clips (test videos the evaluation leaves out) decode at" in card
     card = dm.model_card({"vae": {"adapted": dict(first, pairs=1, held_out=1, guidance=2.0)}})
     assert "the samples of 1 held-out clips of training videos decode at" in card
+    # a temporal adaptation is another request: the frame-wise one is set aside and the decoder adapted again;
+    # a frame-wise request keeps its earlier form (no "temporal" key), so older saved adaptations stay current
+    assert "temporal" not in validated["request"]
+    temporal = adapt(str(pairs_dir), str(tmp_path / "vae"), str(out), 3, 0, held_out_dir=str(held_dir), temporal=True)
+    assert runs[-1] == (3, 3, 2, "temporal") and temporal["request"]["temporal"] is True
 
 
 def test_sample_decoder_pairs_task_samples_the_clips_of_the_split_asked_for(tmp_path, monkeypatch):
