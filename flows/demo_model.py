@@ -18,7 +18,8 @@ phase of a continued model). ``--adapt-decoder-steps N`` then samples the traine
 (as the evaluation renders) and trains the VAE decoder N steps to decode those latents into the true
 frames (encoder frozen; `demo_model.adapt_decoder`), scored before and after on samples of validation clips
 (the first clips of ``--adapt-validation-clips`` test videos past the ``--eval-clips`` the evaluation takes;
-``--adapt-temporal`` trains the decoder's time convolutions too); with ``--train-steps 0`` a finished model keeps its UNet and only its decoder is adapted:
+``--adapt-temporal`` trains the decoder's time convolutions too); with ``--train-steps 0`` a finished model
+keeps its UNet and only its decoder is adapted:
 
     python flows/demo_model.py --work /tmp/demo-adapt --continue-from mimicmotion/assets/demo_model \
         --train-steps 0 --adapt-decoder-steps 1500 --ship
