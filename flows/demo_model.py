@@ -372,7 +372,8 @@ def main(argv=None) -> int:
                          "(0, or none left: every 16th training pair is held out instead)")
     ap.add_argument("--adapt-temporal", action="store_true",
                     help="let the adapted decoder's time convolutions use neighbouring frames of a decode chunk "
-                         "(their outer taps train from zero); default: each frame decodes on its own")
+                         "(their outer taps train, from zero in a frame-wise decoder); default: each frame decodes "
+                         "on its own")
     ap.add_argument("--device", default="cpu", help="where every stage runs: cpu, or cuda / cuda:N on a machine with a "
                                                   "GPU (the UNet then trains with one GPU per --workers)")
     ap.add_argument("--vae-downscale", type=int, choices=dm.DEMO_DOWNSCALES,

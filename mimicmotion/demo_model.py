@@ -438,8 +438,8 @@ def adapt_decoder(vae, pairs, *, steps: int, encoder_share: float = 0.3, crop: O
     probability ``encoder_share`` the chunk's latents are the encoder's own (posterior mode, scaled) instead
     of the sampled ones. Loss L1 + MSE + ``ssim_weight`` x (1 - SSIM); AdamW, linear warm-up then cosine to 0.
     A decoder held frame-wise (``hold_decoder_framewise``) stays so unless ``temporal``: then the outer taps of
-    its time convolutions train from zero, so a frame may draw on its chunk's neighbours. ``held_out``: pairs
-    scored before and after (``pair_scores``). Returns the metrics."""
+    its time convolutions train too (from zero in a frame-wise decoder), so a frame may draw on its chunk's
+    neighbours. ``held_out``: pairs scored before and after (``pair_scores``). Returns the metrics."""
     _check_pairs(pairs, vae)
     if held_out:
         _check_pairs(held_out, vae)
