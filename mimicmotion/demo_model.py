@@ -919,7 +919,8 @@ def training_record(metrics_csv, prior: Optional[dict] = None) -> dict:
     step and data times, so restarts and start-up are not counted), and the mean loss of the first and
     last 100 steps. ``prior``: the training record of the model this run started from (``prior_training``);
     then ``total_steps`` / ``total_train_seconds`` add it, ``continued_from`` keeps its totals and ``stages``
-    (lines saying how its stages were trained, e.g. one on a GPU outside the flow) is carried over."""
+    (lines saying how its stages were trained, e.g. one on a GPU outside the flow) is carried over, followed by
+    a line for the start model's own flow run (``flow_run_stage``) when it had one."""
     import csv
 
     with open(metrics_csv, newline="") as fh:
@@ -935,9 +936,27 @@ def training_record(metrics_csv, prior: Optional[dict] = None) -> dict:
                       train_seconds=float(prior.get("total_train_seconds", prior.get("train_seconds") or 0.0)))
         record.update(continued_from=before, total_steps=before["steps"] + len(rows),
                       total_train_seconds=round(before["train_seconds"] + seconds, 1))
-        if prior.get("stages"):  # the start model's history, as its card told it
-            record["stages"] = list(prior["stages"])
+        # the start model's history, as its card told it, then the start model's own flow run (its card's
+        # "UNet + PoseNet" line, which this run's line replaces)
+        stages = list(prior.get("stages") or [])
+        if prior.get("steps_logged") and prior.get("config"):
+            stages.append(flow_run_stage(prior))
+        if stages:
+            record["stages"] = stages
     return record
+
+
+def flow_run_stage(run: dict) -> str:
+    """A Stage line for a train-flow run's record (``run`` as the demo_model flow's summary keeps it), for the
+    card of a model trained on from it."""
+    config = run["config"]
+    decay = f", decaying to 0 over the last {config['decay_steps']}" if config.get("decay_steps") else ""
+    backend = {"ray": "Ray Train"}.get(run.get("backend", "ray"), run.get("backend"))
+    return (f"{run['steps_logged']} steps through the train flow ({backend}, "
+            f"{run.get('workers', 1)} workers x batch {config.get('batch_size', 1)}, {run.get('clips', '?')} clips, "
+            f"lr {config.get('lr')}{decay}, train seed {config.get('seed')}; {float(run['train_seconds']):.0f} s of "
+            f"training; loss {run.get('first_loss')} -> {run.get('last_loss')}, first and last 100 steps): "
+            "the model this run continued")
 
 
 def model_card(summary: dict) -> str:

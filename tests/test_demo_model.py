@@ -290,6 +290,18 @@ def test_training_record_sums_step_time(tmp_path):
     card = dm.model_card({"train": dict(staged, step=150)})
     assert "- Stage: 1000 steps on a GPU" in card and "Some of its training ran outside those flows" in card
     assert "Some of its training ran outside" not in dm.model_card({"train": dict(record, step=150)})
+    # a start model made by the flow: its own run (its card's "UNet + PoseNet" line) becomes a Stage line after
+    # its stages, so a second continuation still tells the first
+    flow_run = dict(staged, steps_logged=150, backend="ray", workers=2, clips=64, first_loss=1.0, last_loss=0.75,
+                    config=dict(batch_size=1, lr=1e-4, decay_steps=50, seed=6))
+    chained = dm.training_record(path, prior=flow_run)
+    assert chained["stages"] == [
+        "1000 steps on a GPU",
+        "150 steps through the train flow (Ray Train, 2 workers x batch 1, 64 clips, lr 0.0001, decaying to 0 over "
+        "the last 50, train seed 6; 112 s of training; loss 1.0 -> 0.75, first and last 100 steps): the model this "
+        "run continued"]
+    assert "- Stage: 150 steps through the train flow" in dm.model_card({"train": dict(chained, step=150)})
+    assert "decaying" not in dm.flow_run_stage(dict(flow_run, config=dict(lr=1e-4, seed=1)))
 
 
 def test_copy_demo_model_keeps_an_existing_start(tmp_path):
