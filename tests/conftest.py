@@ -34,7 +34,6 @@ def log_handlers_keep_an_open_stream():
                 handler.console.file = sys.stderr
 
 
-
 def pytest_sessionfinish(session, exitstatus):
     session.config.stash[_EXIT_STATUS] = int(exitstatus)
 
