@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-_EXIT_STATUS = pytest.StashKey[int]()
+_EXIT_STATUS: list[int] = []  # pytest's exit status once the session has finished
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MIMICMOTION_SHARED", REPO.parent / "shared"))
@@ -35,33 +35,26 @@ def log_handlers_keep_an_open_stream():
 
 
 def pytest_sessionfinish(session, exitstatus):
-    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+    _EXIT_STATUS.append(int(exitstatus))
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    """Once pytest is done, end the process with the tests' status instead of the interpreter's teardown.
+def _exit_with_the_tests_status() -> None:
+    """End the process with the tests' status once every other exit handler has run, skipping the teardown.
 
     Ray leaves native threads running after ``ray.shutdown()`` (its core worker's io service, gRPC's event
-    engine and timers); the teardown can free what they use under them, and once in CI that turned a run of
-    all-passing tests into exit 139 (segmentation fault). The exit is an atexit hook, registered last so it
-    runs first, after pytest has written everything and restored the terminal.
-    ``MIMICMOTION_TESTS_FULL_TEARDOWN=1`` keeps the ordinary exit, to debug it.
+    engine and timers); the interpreter's teardown can free what they use under them, and once in CI that
+    turned a run of all-passing tests into exit 139 (segmentation fault). Registered when this conftest is
+    imported, before Ray or Prefect register theirs, so it runs last: their handlers (e.g. stopping Prefect's
+    temporary API server) still run. ``MIMICMOTION_TESTS_FULL_TEARDOWN=1`` keeps the ordinary exit, to debug it.
     """
-    status = config.stash.get(_EXIT_STATUS, None)
-    if status is None or "ray" not in sys.modules or os.environ.get("MIMICMOTION_TESTS_FULL_TEARDOWN") == "1":
+    if not _EXIT_STATUS or "ray" not in sys.modules or os.environ.get("MIMICMOTION_TESTS_FULL_TEARDOWN") == "1":
         return
-    atexit.register(_exit_now, status)
-
-
-def _exit_now(status: int) -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (AttributeError, ValueError, OSError):
             pass
-    os._exit(status)
+    os._exit(_EXIT_STATUS[-1])
+
+
+atexit.register(_exit_with_the_tests_status)
