@@ -951,8 +951,8 @@ def flow_run_stage(run: dict) -> str:
     card of a model trained on from it."""
     config = run["config"]
     decay = f", decaying to 0 over the last {config['decay_steps']}" if config.get("decay_steps") else ""
-    backend = {"ray": "Ray Train"}.get(run.get("backend", "ray"), run.get("backend"))
-    return (f"{run['steps_logged']} steps through the train flow ({backend}, "
+    backend = run.get("backend", "ray")
+    return (f"{run['steps_logged']} steps through the train flow ({'Ray Train' if backend == 'ray' else backend}, "
             f"{run.get('workers', 1)} workers x batch {config.get('batch_size', 1)}, {run.get('clips', '?')} clips, "
             f"lr {config.get('lr')}{decay}, train seed {config.get('seed')}; {float(run['train_seconds']):.0f} s of "
             f"training; loss {run.get('first_loss')} -> {run.get('last_loss')}, first and last 100 steps): "
@@ -969,8 +969,8 @@ def model_card(summary: dict) -> str:
         "its own curate and train flows (`flows/demo_model.py`). It renders 128x192 portrait clips on a CPU.",
         "It knows only the synthetic figures: it is a working demonstration of the pipeline, not a model for",
         "real people.", "",
-        *(["Some of its training ran outside those flows (e.g. on a GPU machine without Prefect or Ray); the",
-           "Stage lines below say where and how.", ""] if run.get("stages") else []),
+        *(["It was trained in stages, not all of them necessarily in those flows (e.g. one on a GPU machine",
+           "without Prefect or Ray); the Stage lines below say where and how.", ""] if run.get("stages") else []),
         "## Recipe", "",
         *([_data_line(summary["data"])] if isinstance(summary.get("data"), dict) else []),
         f"- VAE ({vae.get('downscale', 8)}x downsampling: latents {192 // vae.get('downscale', 8)} x "
