@@ -15,7 +15,7 @@ from typing import Optional
 
 import pyarrow as pa
 
-from mimicmotion.errors import ConfigError
+from mimicmotion.errors import ConfigError, MimicMotionError
 
 FORMATS = ("table", "csv", "json")
 
@@ -165,15 +165,16 @@ def cmd_catalog_stats(args) -> int:
 
 def cmd_curate(args) -> int:
     from flows.curate import curate
+    from mimicmotion.demo import prefect_session
 
-    summary = curate(
-        inputs=list(args.inputs), catalog=args.catalog, pose_source=args.pose_source, dwpose_dir=args.dwpose_dir,
-        sample_stride=args.sample_stride, clip_length=args.clip_length, clip_stride=args.clip_stride,
-        min_clip_length=args.min_clip_length, aspect=args.aspect, resolution=args.resolution,
-        min_crop_fraction=args.min_crop_fraction, crop_margin=args.crop_margin, use_ray=args.ray,
-        actors=args.actors, ray_address=args.ray_address, workers=args.workers, batch_size=args.batch_size,
-        retry_failed=args.retry_failed, recursive=not args.no_recursive, settle_seconds=args.settle_seconds,
-        contact_sheet_tiles=args.contact_sheet_tiles)
+    with prefect_session():  # PREFECT_API_URL's server, else a temporary one given time to create its database
+        try:
+            summary = _run_curate(curate, args)
+        except RuntimeError as exc:
+            if "Prefect API server" not in str(exc):
+                raise
+            raise MimicMotionError(f"{exc}: the machine may be too busy to start Prefect's temporary server; retry, "
+                                   "or start one (`prefect server start`) and set PREFECT_API_URL") from exc
     print(f"{summary['videos']} video(s): {summary['ok']} ok, {summary['skipped']} skipped, {summary['failed']} failed; "
           f"{summary['clips']} clip(s); {summary['video_seconds']:.1f} video-s in {summary['wall_s']:.1f} s "
           f"({summary['throughput']:.2f} video-s per wall-s)")
@@ -183,6 +184,18 @@ def cmd_curate(args) -> int:
         print(f"contact sheet: {summary['contact_sheet']}")
     print(f"catalog: {summary['catalog']}")
     return 0
+
+
+def _run_curate(curate, args) -> dict:
+    return curate(
+        inputs=list(args.inputs), catalog=args.catalog, pose_source=args.pose_source, dwpose_dir=args.dwpose_dir,
+        pose_estimator=args.pose_estimator,
+        sample_stride=args.sample_stride, clip_length=args.clip_length, clip_stride=args.clip_stride,
+        min_clip_length=args.min_clip_length, aspect=args.aspect, resolution=args.resolution,
+        min_crop_fraction=args.min_crop_fraction, crop_margin=args.crop_margin, use_ray=args.ray,
+        actors=args.actors, ray_address=args.ray_address, workers=args.workers, batch_size=args.batch_size,
+        retry_failed=args.retry_failed, recursive=not args.no_recursive, settle_seconds=args.settle_seconds,
+        contact_sheet_tiles=args.contact_sheet_tiles)
 
 
 # ---------------------------------------------------------------------------------------------- parsers
@@ -214,8 +227,12 @@ def add_catalog_commands(subparsers) -> None:
     cur = subparsers.add_parser("curate", help="curate videos into the catalog (Prefect flow `curate`)")
     cur.add_argument("inputs", nargs="+", help="video files and/or folders of videos")
     _catalog_arg(cur)
-    cur.add_argument("--pose-source", choices=("dwpose", "sidecar", "auto"), default="dwpose",
-                     help="DWPose (default), sidecar <stem>.poses.parquet files, or auto (sidecar when present)")
+    cur.add_argument("--pose-source", choices=("detect", "sidecar", "auto", "dwpose"), default="detect",
+                     help="detect (default: run --pose-estimator), sidecar <stem>.poses.parquet files, auto "
+                          "(sidecar when present, else detect), or dwpose (detect with DWPose)")
+    cur.add_argument("--pose-estimator", choices=("auto", "dwpose", "mediapipe"), default="auto",
+                     help="dwpose (the method's; needs its two ONNX files), mediapipe (bundled MediaPipe Holistic "
+                          "models, no download) or auto (default: DWPose when its files are found, else mediapipe)")
     cur.add_argument("--dwpose-dir", default=None,
                      help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (default: $MIMICMOTION_DWPOSE_DIR "
                           "or ~/.cache/mimicmotion/dwpose)")

@@ -91,17 +91,19 @@ def _error_kind(exc: BaseException) -> str:
 
 
 def _obtain_poses(path: Path, info, pose_source: str, estimator, settings: CurationSettings, batch_size: int):
+    """(estimator name or 'sidecar', estimator version or None, PoseSequence)."""
     use_sidecar = pose_source == "sidecar" or (pose_source == "auto" and sidecar_path(path).is_file())
     if use_sidecar:
         seq = load_sidecar(path, info.width, info.height, info.num_frames)
-        return "sidecar", sample_sidecar(seq, info.fps, settings.sample_stride, sidecar_path(path).name)
+        return "sidecar", None, sample_sidecar(seq, info.fps, settings.sample_stride, sidecar_path(path).name)
     if estimator is None:
-        raise ConfigError(f"{path.name} needs DWPose (pose_source={pose_source!r}) but no pose estimator was given: "
-                          "pass the DWPose model folder, or use sidecar pose files")
-    return "dwpose", detect_poses(path, estimator, settings.sample_stride, batch_size, info=info)
+        raise ConfigError(f"{path.name} needs pose detection (pose_source={pose_source!r}) but no pose estimator "
+                          "was given: pass a pose estimator (DWPose or the bundled one), or use sidecar pose files")
+    seq = detect_poses(path, estimator, settings.sample_stride, batch_size, info=info)
+    return getattr(estimator, "name", "dwpose"), getattr(estimator, "version", None), seq
 
 
-def curate_file(path, root, settings: CurationSettings, *, pose_source: str = "dwpose", estimator=None,
+def curate_file(path, root, settings: CurationSettings, *, pose_source: str = "detect", estimator=None,
                 known: Optional[KnownVideos] = None, retry_failed: bool = False, batch_size: int = 16) -> VideoOutcome:
     """Curate one video file into the catalog at ``root`` (created with catalog.store.init_catalog)."""
     from mimicmotion.video import probe
@@ -136,8 +138,9 @@ def curate_file(path, root, settings: CurationSettings, *, pose_source: str = "d
         row.update(duration_s=info.duration, fps=info.fps, num_frames=info.num_frames, width=info.width,
                    height=info.height, rotation=info.rotation, has_audio=info.has_audio, video_codec=info.video_codec)
         row["probe_s"], timer = time.perf_counter() - timer, time.perf_counter()
-        source, seq = _obtain_poses(path, info, pose_source, estimator, settings, batch_size)
-        row.update(pose_source=source, sample_stride=seq.sample_stride, sampled_frames=len(seq))
+        source, version, seq = _obtain_poses(path, info, pose_source, estimator, settings, batch_size)
+        row.update(pose_source=source, pose_estimator=None if source == "sidecar" else source,
+                   pose_estimator_version=version, sample_stride=seq.sample_stride, sampled_frames=len(seq))
         row["pose_s"], timer = time.perf_counter() - timer, time.perf_counter()
         plan = plan_clips(seq, settings)
         row["plan_s"] = time.perf_counter() - timer

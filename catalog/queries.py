@@ -111,6 +111,16 @@ NAMED_QUERIES = {q.name: q for q in [
          "min_frames": Param(int, 16, "minimum sampled frames")},
     ),
     NamedQuery(
+        "clips_by_estimator",
+        "clips of ok videos whose poses came from one estimator (dwpose, mediapipe or sidecar), with its version",
+        f"""SELECT {_CLIP_COLUMNS}, v.pose_source, v.pose_estimator_version
+            FROM clips c JOIN videos v USING (video_id)
+            WHERE v.status = 'ok' AND v.pose_source = $estimator AND c.num_frames >= $min_frames
+            ORDER BY c.clip_id""",
+        {"estimator": Param(str, "mediapipe", "dwpose, mediapipe or sidecar"),
+         "min_frames": Param(int, 16, "minimum sampled frames")},
+    ),
+    NamedQuery(
         "failed_videos",
         "videos that gave no clip, with the reason",
         """SELECT video_id, file_name, source_path, error_kind, error FROM videos

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from mimicmotion.pose.layout import NUM_POINTS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 META_KEY = b"mimicmotion.catalog"
 
 _KEYPOINTS = pa.list_(pa.float64(), NUM_POINTS)
@@ -36,7 +36,12 @@ VIDEO_COLUMNS = [
     ("rotation", pa.int16(), True, "clockwise display rotation of the coded picture: 0, 90, 180 or 270"),
     ("has_audio", pa.bool_(), True, "whether the file has an audio track"),
     ("video_codec", pa.string(), True, "video codec name (FFmpeg's)"),
-    ("pose_source", pa.string(), True, "'dwpose' (detected) or 'sidecar' (from <stem>.poses.parquet)"),
+    ("pose_source", pa.string(), True, "'dwpose' or 'mediapipe' (detected by that estimator) or 'sidecar' "
+                                        "(from <stem>.poses.parquet)"),
+    ("pose_estimator", pa.string(), True, "estimator that detected the poses: 'dwpose' or 'mediapipe' (null for "
+                                           "sidecar poses)"),
+    ("pose_estimator_version", pa.string(), True, "its models, e.g. 'mediapipe-holistic-0.10.21' or "
+                                                   "'dwpose:yolox_l.onnx+dw-ll_ucoco_384.onnx'"),
     ("sample_stride", pa.int32(), True, "decoded frames between sampled frames"),
     ("sampled_frames", pa.int32(), True, "number of sampled frames with poses"),
     ("frames_with_person", pa.int32(), True, "sampled frames where at least one person counts"),

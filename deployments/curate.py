@@ -3,7 +3,7 @@
     prefect server start                                   # shell 1: a local Prefect server (UI on :4200)
     export PREFECT_API_URL=http://127.0.0.1:4200/api       # shells 2 and 3
     python deployments/curate.py --inbox /data/inbox --catalog /data/catalog \\
-        --cron "*/30 * * * *" --pose-source auto --dwpose-dir ~/models/dwpose          # shell 2
+        --cron "*/30 * * * *" --pose-source auto            # shell 2 (+ --dwpose-dir DIR for DWPose)
     prefect deployment run 'curate/inbox'                  # shell 3: run now instead of waiting
     prefect deployment run 'curate/inbox' --param use_ray=true --param actors=4
 
@@ -71,7 +71,10 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default=DEPLOYMENT_NAME, help="deployment name (runs as 'curate/<name>')")
     ap.add_argument("--settle-seconds", type=float, default=DEFAULT_SETTLE_SECONDS,
                     help="leave files modified more recently for the next run (default: 120)")
-    ap.add_argument("--pose-source", choices=("dwpose", "sidecar", "auto"), default=None)
+    ap.add_argument("--pose-source", choices=("detect", "sidecar", "auto", "dwpose"), default=None)
+    ap.add_argument("--pose-estimator", choices=("auto", "dwpose", "mediapipe"), default=None,
+                    help="pose estimator for detection (default auto: DWPose when its files are found, else the "
+                         "bundled MediaPipe Holistic models)")
     ap.add_argument("--dwpose-dir", default=None, help="folder with the DWPose ONNX files")
     ap.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
                     help="default for any other flow parameter (JSON values), e.g. use_ray=true")
@@ -80,6 +83,8 @@ def main(argv=None) -> int:
     extra = dict(args.param)
     if args.pose_source:
         extra["pose_source"] = args.pose_source
+    if args.pose_estimator:
+        extra["pose_estimator"] = args.pose_estimator
     if args.dwpose_dir:
         extra["dwpose_dir"] = str(Path(args.dwpose_dir).expanduser().resolve())
     deployment = build_deployment(args.inbox, args.catalog, args.cron, args.timezone, args.name, args.settle_seconds,

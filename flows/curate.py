@@ -1,13 +1,14 @@
 """Prefect flow `curate`: videos (files or folders) -> poses -> subject, clips and crops -> catalog.
 
     from flows.curate import curate
-    curate(inputs=["inbox/"], catalog="my-catalog", pose_source="auto", dwpose_dir="models/dwpose")
+    curate(inputs=["inbox/"], catalog="my-catalog", pose_source="auto", pose_estimator="auto")
 
-Per video: hash (skip if the catalog has it) -> probe -> poses (DWPose, or the sidecar <stem>.poses.parquet)
+Per video: hash (skip if the catalog has it) -> probe -> poses (DWPose or the bundled Holistic estimator, or the
+sidecar <stem>.poses.parquet)
 -> subject, person-centred 9:16 crop, clips cut at personless frames -> Parquet, committed atomically.
 Then the DuckDB views are (re)built if needed, a contact sheet of pose overlays is drawn, and a markdown
 summary plus the contact sheet are published as artifacts. Bad videos are recorded as failed rows and the
-run goes on. With ``use_ray`` pose detection runs on ``actors`` Ray actors, each holding the ONNX models.
+run goes on. With ``use_ray`` pose detection runs on ``actors`` Ray actors, each holding the pose models.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from prefect import flow, get_run_logger
 from mimicmotion.curation import POSE_SOURCES, CurationSettings, sidecar_path
 from mimicmotion.errors import ConfigError
 from tasks.curate import (contact_sheet_task, curate_video_task, find_videos_task, index_catalog_task,
-                          open_catalog_task, pose_estimator, publish_artifacts_task, summarize)
+                          open_catalog_task, publish_artifacts_task, summarize)
+from tasks.curate import pose_estimator as pose_estimator_context
 
 
 def check_run_options(pose_source: str, use_ray: bool, actors: int, workers: Optional[int], batch_size: int,
@@ -40,12 +42,26 @@ def check_run_options(pose_source: str, use_ray: bool, actors: int, workers: Opt
     return workers
 
 
+def detection_estimator(pose_source: str, pose_estimator: str) -> str:
+    """The estimator name to detect with: ``pose_source="dwpose"`` (the older spelling) means DWPose."""
+    from mimicmotion.pose.estimators import check_pose_estimator
+
+    choice = check_pose_estimator(pose_estimator)
+    if pose_source == "dwpose":
+        if choice == "mediapipe":
+            raise ConfigError("pose_source='dwpose' asks for DWPose but pose_estimator='mediapipe': use "
+                              "pose_source='detect' with pose_estimator='mediapipe'")
+        return "dwpose"
+    return choice
+
+
 @flow(name="curate", log_prints=True)
 def curate(
     inputs: list[str],
     catalog: Optional[str] = None,
-    pose_source: str = "dwpose",
+    pose_source: str = "detect",
     dwpose_dir: Optional[str] = None,
+    pose_estimator: str = "auto",
     sample_stride: int = 2,
     clip_length: int = 72,
     clip_stride: Optional[int] = None,
@@ -66,8 +82,10 @@ def curate(
 ) -> dict:
     """Curate videos into the catalog (default folder: $MIMICMOTION_CATALOG or ~/.local/share/mimicmotion/catalog).
 
-    ``pose_source``: dwpose (detect), sidecar (<stem>.poses.parquet next to each video) or auto (sidecar
-    when present). ``workers``: videos processed at once (default 1, or ``actors`` with Ray).
+    ``pose_source``: detect, sidecar (<stem>.poses.parquet next to each video) or auto (sidecar when present,
+    else detect); dwpose is detect with DWPose. ``pose_estimator``: auto (DWPose when its files are found,
+    else the bundled MediaPipe Holistic models), dwpose or mediapipe. ``workers``: videos processed at once
+    (default 1, or ``actors`` with Ray).
     ``settle_seconds``: skip files modified more recently (still being copied into an inbox).
     Returns the run summary (counts ok / skipped / failed, clips, throughput, contact sheet path)."""
     start = time.perf_counter()
@@ -76,18 +94,24 @@ def curate(
                                 min_clip_length=min_clip_length, aspect=aspect, resolution=resolution,
                                 min_crop_fraction=min_crop_fraction, crop_margin=crop_margin).validate()
     in_flight = check_run_options(pose_source, use_ray, actors, workers, batch_size, contact_sheet_tiles)
+    estimator_name = detection_estimator(pose_source, pose_estimator)
     paths = find_videos_task(list(inputs), recursive=recursive, settle_seconds=settle_seconds)
     root, known = open_catalog_task(catalog)
-    # DWPose is loaded up front for pose_source="dwpose" (missing model files stop the run before any
+    # The estimator is loaded up front for detect/dwpose (missing model files stop the run before any
     # video), and only once a video without a sidecar reaches detection for "auto".
-    needs_dwpose = pose_source == "dwpose" or (pose_source == "auto" and any(
+    needs_detection = pose_source in ("detect", "dwpose") or (pose_source == "auto" and any(
         not sidecar_path(p).is_file() for p in paths))
+    if needs_detection and paths:
+        from mimicmotion.pose.estimators import choose_pose_estimator
+
+        logger.info("%s", choose_pose_estimator(estimator_name, dwpose_dir).describe())
     outcomes = []
     with ExitStack() as stack:
         estimator = None
-        if needs_dwpose and paths:
-            estimator = stack.enter_context(pose_estimator(dwpose_dir, use_ray=use_ray, actors=actors,
-                                                           ray_address=ray_address, lazy=pose_source == "auto"))
+        if needs_detection and paths:
+            estimator = stack.enter_context(pose_estimator_context(
+                dwpose_dir, use_ray=use_ray, actors=actors, ray_address=ray_address, lazy=pose_source == "auto",
+                estimator=estimator_name))
         running: deque = deque()
         for path in paths:
             if len(running) >= in_flight:

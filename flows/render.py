@@ -46,7 +46,7 @@ def _executor(model: ModelSpec, actors: int, ray_address: Optional[str]):
 
 
 def _render_requests(requests: list, model: ModelSpec, settings: RenderSettings, out_dir, actors, device,
-                     dwpose_dir, catalog, ray_address, batch_key: str) -> list:
+                     dwpose_dir, catalog, ray_address, batch_key: str, pose_estimator: str = "auto") -> list:
     logger = get_run_logger()
     names = [r.name for r in requests]
     if len(set(names)) != len(names):
@@ -55,13 +55,15 @@ def _render_requests(requests: list, model: ModelSpec, settings: RenderSettings,
         raise ConfigError(f"render names must be unique in a batch (they name the output files): {names}")
     # Validate every pair before any model is loaded.
     for request in requests:
-        check_request_task(request, settings, model, actors=actors, dwpose_dir=dwpose_dir, catalog=catalog)
+        check_request_task(request, settings, model, actors=actors, dwpose_dir=dwpose_dir, catalog=catalog,
+                           pose_estimator=pose_estimator)
     device = _device(device)
     pipe = load_pipeline_task(model, device)
     outputs = []
     with _executor(model, actors, ray_address) as executor:
         for request in requests:
-            inputs = prepare_inputs_task(request, settings, dwpose_dir=dwpose_dir, catalog=catalog)
+            inputs = prepare_inputs_task(request, settings, dwpose_dir=dwpose_dir, catalog=catalog,
+                                         pose_estimator=pose_estimator)
             checkpoint_dir = Path(out_dir) / ".checkpoints" / request.name
             frames = sample_task(pipe, inputs, settings, executor=executor, checkpoint_dir=checkpoint_dir,
                                  device=device, model=model)
@@ -92,6 +94,7 @@ def render(
     catalog: Optional[str] = None,
     ref_pose: Optional[str] = None,
     dwpose_dir: Optional[str] = None,
+    pose_estimator: str = "auto",
     resolution: int = 576,
     sample_stride: int = 2,
     tile_size: int = 72,
@@ -115,7 +118,8 @@ def render(
     request = RenderRequest(reference=reference, name=name, driving=driving, poses=poses, clip_id=clip_id,
                             ref_pose=ref_pose)
     [result] = _render_requests([request], ModelSpec(base_model, checkpoint, dtype), settings, out_dir, actors,
-                                device, dwpose_dir, catalog, ray_address, batch_key=artifact_key(name))
+                                device, dwpose_dir, catalog, ray_address, batch_key=artifact_key(name),
+                                pose_estimator=pose_estimator)
     return {"video": str(result.video), "preview": str(result.preview), "thumbnails": str(result.thumbnails),
             "frames": result.num_frames, "fps": result.fps, "audio": result.has_audio}
 
@@ -128,6 +132,7 @@ def render_batch(
     out_dir: str = "renders",
     catalog: Optional[str] = None,
     dwpose_dir: Optional[str] = None,
+    pose_estimator: str = "auto",
     resolution: int = 576,
     sample_stride: int = 2,
     tile_size: int = 72,
@@ -160,6 +165,7 @@ def render_batch(
             raise ConfigError(f"pair {k} must have 'reference' and only the keys {sorted(fields)}; got {sorted(pair)}")
         requests.append(RenderRequest(**{"name": f"render_{k:03d}", **pair}))
     results = _render_requests(requests, ModelSpec(base_model, checkpoint, dtype), settings, out_dir, actors,
-                               device, dwpose_dir, catalog, ray_address, batch_key="render-batch")
+                               device, dwpose_dir, catalog, ray_address, batch_key="render-batch",
+                               pose_estimator=pose_estimator)
     return [{"name": r.name, "video": str(r.video), "preview": str(r.preview), "thumbnails": str(r.thumbnails),
              "frames": r.num_frames} for r in results]

@@ -13,15 +13,22 @@ DWPOSE_ENV = "MIMICMOTION_DWPOSE_DIR"
 
 
 def _add_dwpose_dir(p: argparse.ArgumentParser, required_hint: str = "") -> None:
+    from mimicmotion.pose.estimators import DEFAULT_POSE_ESTIMATOR, POSE_ESTIMATORS
+
+    p.add_argument("--pose-estimator", choices=POSE_ESTIMATORS, default=DEFAULT_POSE_ESTIMATOR,
+                   help="dwpose (the method's; needs its two ONNX files), mediapipe (bundled MediaPipe Holistic "
+                        "models, no download) or auto (default: DWPose when its files are found, else mediapipe)")
     p.add_argument("--dwpose-dir", default=None,
                    help=f"folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (default: ${DWPOSE_ENV} or "
                         f"~/.cache/mimicmotion/dwpose){required_hint}")
 
 
 def _estimator(args):
-    from mimicmotion.pose.dwpose import DWPoseEstimator
+    from mimicmotion.pose.estimators import choose_pose_estimator, make_pose_estimator
 
-    return DWPoseEstimator(args.dwpose_dir)
+    choice = choose_pose_estimator(args.pose_estimator, args.dwpose_dir)
+    print(choice.describe())  # stdout: stderr holds only the one error line when something fails
+    return make_pose_estimator(choice.name, args.dwpose_dir, announce=False)
 
 
 # ---------------------------------------------------------------------------------------------- pose
@@ -175,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pose", help="extract DWPose keypoints of a video (or image) to a Parquet pose file")
+    p = sub.add_parser("pose", help="extract whole-body keypoints (DWPose, or the bundled estimator) of a video or "
+                                    "image to a Parquet pose file")
     p.add_argument("input", help="video file, or an image (e.g. the reference)")
     p.add_argument("--out", required=True, help="output pose file (.parquet)")
     _add_dwpose_dir(p)
@@ -192,10 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("render", help="animate a reference image with driving poses")
     r.add_argument("--ref", required=True, help="reference image (one person)")
     r.add_argument("--poses", help="driving pose file from `mimicmotion pose`")
-    r.add_argument("--driving", help="driving video (poses detected with DWPose; its audio is kept)")
+    r.add_argument("--driving", help="driving video (poses detected with --pose-estimator; its audio is kept)")
     r.add_argument("--clip-id", help="drive with a catalog clip's poses (see `mimicmotion catalog query`)")
     r.add_argument("--catalog", default=None, help="catalog folder for --clip-id (default: $MIMICMOTION_CATALOG)")
-    r.add_argument("--ref-pose", help="pose file of the reference image (otherwise detected with DWPose)")
+    r.add_argument("--ref-pose", help="pose file of the reference image (otherwise detected with --pose-estimator)")
     _add_dwpose_dir(r)
     r.add_argument("--base-model", required=True, help="Stable Video Diffusion img2vid-xt folder (diffusers layout)")
     r.add_argument("--checkpoint", required=True, help="MimicMotion checkpoint (.pth or .safetensors)")

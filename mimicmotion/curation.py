@@ -45,7 +45,9 @@ SIDECAR_SUFFIX = ".poses.parquet"
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi"})
 DEFAULT_ASPECT = (9, 16)  # width : height of the training clips (SPEC 4: 576 x 1024)
 LATENT_MULTIPLE = 64  # the long side of the output size is a multiple of this (SPEC 4)
-POSE_SOURCES = ("dwpose", "sidecar", "auto")
+# detect: run the pose estimator (see mimicmotion.pose.estimators); sidecar: <stem>.poses.parquet next to
+# each video; auto: the sidecar when there is one, else detect; dwpose: detect with DWPose (older name).
+POSE_SOURCES = ("detect", "sidecar", "auto", "dwpose")
 
 
 class VideoRejected(MimicMotionError):
@@ -260,7 +262,7 @@ def sample_sidecar(seq: PoseSequence, fps: float, sample_stride: int, sidecar_na
 def detect_poses(path, estimator, sample_stride: int = 2, batch_size: int = 16, info=None) -> PoseSequence:
     """Poses on the frames the release samples (stride = sample_stride * max(1, int(fps / 24))).
 
-    ``estimator`` has ``estimate_batch(frames) -> list of (P, 134, 3)`` (DWPoseEstimator); one that also
+    ``estimator`` has ``estimate_batch(frames) -> list of (P, 134, 3)`` (DWPose or Holistic); one that also
     has ``estimate_batches(iterable of batches) -> iterator of results, in order`` (the Ray pool) gets the
     decoded batches as a stream, so decoding overlaps detection."""
     from mimicmotion.video import effective_stride, iter_frames, probe, sample_indices

@@ -158,7 +158,7 @@ def pipeline_output(pipe, reference: np.ndarray, pose_images: np.ndarray, settin
 
 
 def resolve_reference_pose(reference: np.ndarray, ref_pose: Optional[PoseSequence], estimator) -> np.ndarray:
-    """The reference's pose in the cropped reference frame: detected with DWPose (release behaviour) or
+    """The reference's pose in the cropped reference frame: detected (DWPose is the release behaviour) or
     taken from a pose file of the reference image."""
     h, w = reference.shape[:2]
     if ref_pose is not None:
@@ -166,9 +166,13 @@ def resolve_reference_pose(reference: np.ndarray, ref_pose: Optional[PoseSequenc
             raise PoseError("the reference pose file holds no frame")
         return map_pose_to_reference(ref_pose.frames[0], (ref_pose.height, ref_pose.width), (h, w))
     if estimator is None:
-        raise ConfigError("the reference pose is needed: pass --dwpose-dir to detect it, or --ref-pose with a "
-                          "pose file made by `mimicmotion pose REF_IMAGE --out ref_pose.parquet`")
-    return estimator(reference)
+        raise ConfigError("the reference pose is needed: pass --pose-estimator (or --dwpose-dir) to detect it, or "
+                          "--ref-pose with a pose file made by `mimicmotion pose REF_IMAGE --out ref_pose.parquet`")
+    pose = estimator(reference)
+    if len(pose) == 0:  # DWPose always returns a person; the bundled estimator can find none
+        raise PoseError("no person was found in the reference image: use a photo with one person whose body is "
+                        "visible, or give its pose with --ref-pose")
+    return pose
 
 
 @dataclass
@@ -198,7 +202,8 @@ def prepare_render_inputs(
         if driving_video is None:
             raise ConfigError("pass driving poses (--poses FILE) or a driving video (--driving VIDEO)")
         if estimator is None:
-            raise ConfigError("detecting poses in --driving needs the DWPose models: pass --dwpose-dir DIR")
+            raise ConfigError("detecting poses in --driving needs a pose estimator (--pose-estimator auto, "
+                              "mediapipe or dwpose with --dwpose-dir DIR)")
     ref = resolve_reference_pose(reference, ref_pose, estimator)
     if driving_poses is None:
         driving_poses = extract_video_poses(driving_video, estimator, settings.sample_stride, progress=progress)

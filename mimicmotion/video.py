@@ -263,10 +263,17 @@ def _iter_decord(p: Path, info: VideoInfo, indices: list[int], batch_size: int) 
         # decord's index is authoritative for what it can fetch; it can disagree with a container
         # that over-states its frame count.
         indices = _checked_indices(indices, min(len(reader), info.num_frames), p)
+        done = 0
         for chunk in _batches(indices, batch_size):
             try:
                 batch = reader.get_batch(chunk)
             except (decord.DECORDError, RuntimeError) as exc:
+                if "DECORDArrayCopyFromTo" in str(exc):
+                    # decord 0.6 cannot copy frames of some widths (e.g. 1 or 48 px: its row padding does
+                    # not match); the file is fine, so decode it with PyAV instead.
+                    logger.info("%s: decord cannot copy %dx%d frames, decoding with PyAV", p, info.width, info.height)
+                    yield from _iter_pyav(p, info, indices[done:], batch_size)
+                    return
                 raise VideoError(f"{p}: decoding frames {chunk[0]}..{chunk[-1]} failed "
                                  f"({_reason(exc)}): the file is corrupt or truncated; "
                                  f"{_FIX_HINT}") from exc
@@ -275,13 +282,15 @@ def _iter_decord(p: Path, info: VideoInfo, indices: list[int], batch_size: int) 
             if arr.shape != expected or arr.dtype != np.uint8:
                 raise VideoError(f"{p}: the decoder returned frames of shape {arr.shape} {arr.dtype}, "
                                  f"expected {expected} uint8: {_FIX_HINT}")
+            done += len(chunk)
             yield arr
     finally:
         del reader
 
 
 def _iter_pyav(p: Path, info: VideoInfo, indices: list[int], batch_size: int) -> Iterator[np.ndarray]:
-    """Sequential PyAV decode for rotated files; restarts from the top only when a batch goes backwards."""
+    """Sequential PyAV decode (rotated files, and sizes decord cannot copy); restarts from the top only when a
+    batch goes backwards."""
     quarter_turns_ccw = (-info.rotation // 90) % 4  # np.rot90 turns counter-clockwise
     container = None
     frames: Iterator = iter(())

@@ -42,6 +42,14 @@ class LazyEstimator:
     def estimate_batch(self, frames) -> list:
         return self.get().estimate_batch(frames)
 
+    @property
+    def name(self) -> str:
+        return self.get().name
+
+    @property
+    def version(self) -> str:
+        return self.get().version
+
     def estimate_batches(self, batches):
         estimator = self.get()
         if hasattr(estimator, "estimate_batches"):
@@ -53,24 +61,28 @@ class LazyEstimator:
 
 @contextmanager
 def pose_estimator(dwpose_dir=None, use_ray: bool = False, actors: int = 2, ray_address: Optional[str] = None,
-                   use_gpus: Optional[bool] = None, pose_batch_size: int = 32, lazy: bool = False):
-    """DWPose in this process, or a pool of Ray actors (a Ray started here is shut down on exit).
+                   use_gpus: Optional[bool] = None, pose_batch_size: int = 32, lazy: bool = False,
+                   estimator: str = "auto"):
+    """The pose estimator (``estimator``: auto, dwpose or mediapipe; see mimicmotion.pose.estimators) in
+    this process, or a pool of Ray actors running it (a Ray started here is shut down on exit).
 
     ``lazy``: load on first use (for ``pose_source="auto"``); otherwise load now, so missing model files
     stop the run before any video is looked at."""
+    from mimicmotion.pose.estimators import choose_pose_estimator, make_pose_estimator
+
+    choice = choose_pose_estimator(estimator, dwpose_dir)
     ray_started = False
     pool = None
 
     def load():
         nonlocal ray_started, pool
         if not use_ray:
-            from mimicmotion.pose.dwpose import DWPoseEstimator
-
-            return DWPoseEstimator(dwpose_dir, pose_batch_size=pose_batch_size)
+            return make_pose_estimator(choice.name, dwpose_dir, pose_batch_size=pose_batch_size, announce=False)
         from tasks.ray_pose import RayPoseEstimator, ensure_ray
 
         ray_started = ensure_ray(address=ray_address)
-        pool = RayPoseEstimator(dwpose_dir, num_actors=actors, use_gpus=use_gpus, pose_batch_size=pose_batch_size)
+        pool = RayPoseEstimator(dwpose_dir, num_actors=actors, use_gpus=use_gpus, pose_batch_size=pose_batch_size,
+                                estimator=choice.name)
         return pool
 
     try:

@@ -1,6 +1,8 @@
-"""DWPose on a pool of Ray actors: each actor loads the two ONNX models once and estimates batches of frames.
+"""A pose estimator on a pool of Ray actors: each actor loads its models once (DWPose's two ONNX files, or the
+bundled Holistic models) and estimates batches of frames.
 
-:class:`RayPoseEstimator` looks like ``DWPoseEstimator`` to the curation code (``estimate_batch``) and adds
+:class:`RayPoseEstimator` looks like the in-process estimator to the curation code (``estimate_batch``,
+``name``, ``version``) and adds
 ``estimate_batches``, which keeps several batches in flight across the actors while the caller decodes
 the next ones, and yields the results in order. Actors are GPU actors when the Ray cluster has GPUs
 (sharing them when there are more actors than GPUs), CPU actors otherwise. A crashed actor is restarted
@@ -18,18 +20,24 @@ from mimicmotion.errors import ConfigError, MimicMotionError, ModelFileError
 
 
 class PoseWorker:
-    """The actor body (a plain class, testable without Ray): one resident DWPoseEstimator."""
+    """The actor body (a plain class, testable without Ray): one resident pose estimator."""
 
-    def __init__(self, model_dir: str, providers: Optional[Sequence[str]] = None, pose_batch_size: int = 32):
-        from mimicmotion.pose.dwpose import DWPoseEstimator
+    def __init__(self, model_dir: Optional[str], providers: Optional[Sequence[str]] = None, pose_batch_size: int = 32,
+                 estimator: str = "dwpose", num_threads: Optional[int] = None):
+        from mimicmotion.pose.estimators import make_pose_estimator
 
-        self.estimator = DWPoseEstimator(model_dir, providers=providers, pose_batch_size=pose_batch_size)
+        self.estimator = make_pose_estimator(estimator, model_dir, providers=providers,
+                                             pose_batch_size=pose_batch_size, num_threads=num_threads,
+                                             announce=False)
 
     def estimate(self, frames: np.ndarray) -> list:
         return self.estimator.estimate_batch(list(frames))
 
     def providers(self) -> list:
         return list(self.estimator.providers)
+
+    def identity(self) -> tuple:
+        return self.estimator.name, self.estimator.version
 
 
 def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
@@ -61,34 +69,49 @@ def actor_gpus(num_actors: int, cluster_gpus: float, use_gpus: Optional[bool]) -
 
 
 class RayPoseEstimator:
-    """``num_actors`` resident DWPose actors. Ray must be initialised (see :func:`ensure_ray`).
+    """``num_actors`` resident pose-estimator actors (``estimator``: dwpose, mediapipe or auto). Ray must be
+    initialised (see :func:`ensure_ray`).
 
     ``max_in_flight``: batches submitted but not yet collected by :meth:`estimate_batches`
     (default: two per actor, so an actor never waits for the driver)."""
 
     def __init__(self, model_dir=None, num_actors: int = 2, *, use_gpus: Optional[bool] = None,
                  cpus_per_actor: float = 1, pose_batch_size: int = 32, max_in_flight: Optional[int] = None,
-                 max_restarts: int = 2, start_timeout_s: float = 120):
+                 max_restarts: int = 2, start_timeout_s: float = 120, estimator: str = "dwpose"):
         import ray
 
-        from mimicmotion.pose.dwpose import DET_MODEL_FILE, POSE_MODEL_FILE, model_file, resolve_model_dir
+        from mimicmotion.pose.estimators import choose_pose_estimator
 
         if not ray.is_initialized():
             raise MimicMotionError("Ray is not initialised: call ray.init() or tasks.ray_pose.ensure_ray() first")
-        folder, chosen_by = resolve_model_dir(model_dir)
-        for name in (DET_MODEL_FILE, POSE_MODEL_FILE):  # fail here, with the path, not inside an actor
-            model_file(folder, name, chosen_by)
-        gpus = actor_gpus(num_actors, float(ray.cluster_resources().get("GPU", 0)), use_gpus)
+        self.name = choose_pose_estimator(estimator, model_dir).name
+        if self.name == "dwpose":
+            from mimicmotion.pose.dwpose import DET_MODEL_FILE, POSE_MODEL_FILE, model_file, resolve_model_dir
+
+            folder, chosen_by = resolve_model_dir(model_dir)
+            for name in (DET_MODEL_FILE, POSE_MODEL_FILE):  # fail here, with the path, not inside an actor
+                model_file(folder, name, chosen_by)
+            folder_arg = str(folder.resolve())
+            gpus = actor_gpus(num_actors, float(ray.cluster_resources().get("GPU", 0)), use_gpus)
+        else:
+            from mimicmotion.pose.holistic import verify_models
+
+            verify_models()  # the bundled files, checked here rather than inside an actor
+            folder, folder_arg = "the bundled MediaPipe Holistic models", None
+            gpus = 0.0  # LiteRT runs on the CPU
         providers = None if gpus else ["CPUExecutionProvider"]
+        threads = max(1, int(cpus_per_actor))
         self.num_actors = num_actors
         self.gpus_per_actor = gpus
         self.max_in_flight = max_in_flight or 2 * num_actors
         remote = ray.remote(PoseWorker).options(num_cpus=cpus_per_actor, num_gpus=gpus, max_restarts=max_restarts,
                                                 max_task_retries=max_restarts)
-        self.actors = [remote.remote(str(folder.resolve()), providers, pose_batch_size) for _ in range(num_actors)]
+        self.actors = [remote.remote(folder_arg, providers, pose_batch_size, self.name, threads)
+                       for _ in range(num_actors)]
         self._next = itertools.count()
         try:
             self.providers = ray.get([a.providers.remote() for a in self.actors], timeout=start_timeout_s)
+            self.name, self.version = ray.get(self.actors[0].identity.remote(), timeout=start_timeout_s)
         except ray.exceptions.GetTimeoutError as exc:
             self.close()
             raise MimicMotionError(f"{num_actors} Ray pose actors did not start within {start_timeout_s:g}s "
@@ -96,7 +119,7 @@ class RayPoseEstimator:
                                    f"{ray.available_resources()}): use fewer actors") from exc
         except ray.exceptions.RayActorError as exc:
             self.close()
-            raise ModelFileError(f"the DWPose actors could not load the models from {folder}: {exc}") from exc
+            raise ModelFileError(f"the {self.name} pose actors could not load the models from {folder}: {exc}") from exc
 
     def _submit(self, frames):
         actor = self.actors[next(self._next) % self.num_actors]

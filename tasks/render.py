@@ -55,7 +55,7 @@ def _need_file(path, what: str, fix: str) -> None:
 
 
 def check_request(request: RenderRequest, settings: RenderSettings, model: ModelSpec, *, actors: int = 0,
-                  dwpose_dir=None, catalog=None) -> None:
+                  dwpose_dir=None, catalog=None, pose_estimator: str = "auto") -> None:
     """Every check that needs no model: raise before any work is done."""
     settings.validate()
     if actors < 0:
@@ -75,9 +75,14 @@ def check_request(request: RenderRequest, settings: RenderSettings, model: Model
         _need_file(request.ref_pose, "reference pose file", "make one with `mimicmotion pose REF --out FILE`")
     if request.clip_id:
         catalog_clip_poses(request.clip_id, catalog)  # raises for an unknown clip id
-    if (request.driving or not request.ref_pose) and dwpose_dir is None:
-        raise ConfigError(f"{request.name!r} needs DWPose (a driving video or no reference pose file): pass "
-                          "dwpose_dir, or give poses/clip_id and ref_pose")
+    if request.driving or not request.ref_pose:  # poses will be detected: the chosen estimator must load
+        from mimicmotion.pose.estimators import choose_pose_estimator, dwpose_files_present
+
+        choice = choose_pose_estimator(pose_estimator, dwpose_dir)
+        if choice.name == "dwpose" and not dwpose_files_present(dwpose_dir)[0]:
+            raise ConfigError(f"{request.name!r} detects poses with DWPose ({choice.reason}) but its ONNX files are "
+                              f"not in {dwpose_files_present(dwpose_dir)[1]}: pass dwpose_dir with both files, or "
+                              "pose_estimator='mediapipe' (bundled), or give poses/clip_id and ref_pose")
     if not Path(model.base_model).is_dir():
         raise ModelFileError(f"base model folder not found: {model.base_model} (the SVD img2vid-xt folder)")
     _need_file(model.checkpoint, "MimicMotion checkpoint", "pass the .pth or .safetensors file")
@@ -98,15 +103,15 @@ def catalog_clip_poses(clip_id: str, catalog=None):
 
 
 def prepare_inputs(request: RenderRequest, settings: RenderSettings, *, dwpose_dir=None, catalog=None,
-                   progress: bool = False) -> RenderInputs:
+                   progress: bool = False, pose_estimator: str = "auto") -> RenderInputs:
     from mimicmotion.pose.io import load_poses
     from mimicmotion.render import prepare_render_inputs
 
     estimator = None
     if request.driving or not request.ref_pose:
-        from mimicmotion.pose.dwpose import DWPoseEstimator
+        from mimicmotion.pose.estimators import make_pose_estimator
 
-        estimator = DWPoseEstimator(dwpose_dir)
+        estimator = make_pose_estimator(pose_estimator, dwpose_dir)
     driving_poses = None
     if request.poses:
         driving_poses = load_poses(request.poses)

@@ -368,7 +368,7 @@ def test_failures_are_rows_and_internal_errors_are_retried(root, tmp_path, media
 
 def test_missing_estimator_is_a_configuration_error(root, media):
     d, _ = media
-    with pytest.raises(ConfigError, match="needs DWPose"):
+    with pytest.raises(ConfigError, match="needs pose detection"):
         curate_file(d / "dance.mp4", root, SETTINGS, pose_source="dwpose")
     assert read_table(root, "videos").num_rows == 0
 

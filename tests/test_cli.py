@@ -205,3 +205,32 @@ def test_export_checkpoint(model, tmp_path, capsys):
     assert main(["export-checkpoint", str(model[1]), "--out", str(out)]) == 0
     a, b = load_file(model[1]), load_file(out)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+SHARED_ASSETS = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+
+
+@pytest.mark.skipif(not (SHARED_ASSETS / "dance.mp4").is_file(), reason="../shared/assets is absent")
+def test_render_a_real_video_with_the_bundled_estimator(model, tmp_path, capsys, monkeypatch):
+    """No DWPose anywhere: the reference photo's pose and the driving poses come from the bundled models."""
+    monkeypatch.setenv("MIMICMOTION_DWPOSE_DIR", str(tmp_path / "no-dwpose"))
+    out = tmp_path / "out.mp4"
+    rc = main(["render", "--ref", str(SHARED_ASSETS / "ref.png"), "--driving", str(SHARED_ASSETS / "dance.mp4"),
+               "--base-model", str(model[0]), "--checkpoint", str(model[1]), "--out", str(out), "--max-frames", "6",
+               *RENDER_ARGS, "--resolution", "256"])  # the reference must stay large enough to find her
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "pose estimator: mediapipe (auto" in captured.out
+    info = probe(out)
+    assert info.num_frames == 6 and info.has_audio
+
+
+def test_reference_photo_without_a_person_with_the_bundled_estimator(sample, model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MIMICMOTION_DWPOSE_DIR", str(tmp_path / "no-dwpose"))
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (128, 192), (90, 120, 160)).save(blank)
+    fail(capsys, ["render", "--ref", str(blank), "--poses", str(sample["poses"]), "--base-model", str(model[0]),
+                  "--checkpoint", str(model[1]), "--out", str(tmp_path / "o.mp4"), *RENDER_ARGS],
+         "no person was found in the reference image")

@@ -330,3 +330,109 @@ def test_scheduled_deployment(tmp_path):
     assert deployment.concurrency_limit == 1
     with pytest.raises(ConfigError, match="inbox folder"):
         build_deployment(str(tmp_path / "missing"))
+
+
+# ------------------------------------------------------------------------- the bundled pose estimator
+SHARED_DANCE = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "dance.mp4"
+
+
+@pytest.fixture(scope="module")
+def bundled_corpus(tmp_path_factory):
+    """A generated dancer with no sidecar (detected by the bundled estimator), black frames, a 1x1 video."""
+    import av
+
+    from mimicmotion.synthetic.clip import render_clip_detailed, sample_clip
+    from mimicmotion.video import write_video
+
+    d = tmp_path_factory.mktemp("bundled")
+    appearance, motion = sample_clip(0)
+    clip = render_clip_detailed(appearance, motion, 0, width=288, height=512, num_frames=16, fps=12)
+    write_video(d / "synth.mp4", clip.frames, fps=12)
+    write_video(d / "black.mp4", np.zeros((8, 64, 64, 3), np.uint8), fps=12)
+    with av.open(str(d / "pixel.avi"), "w") as container:  # H.264 cannot encode 1x1; MPEG-4 part 2 can
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 1, 1, "yuv420p"
+        for _ in range(8):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((1, 1, 3), 128, np.uint8), "rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return d
+
+
+def test_curate_with_the_bundled_estimator_records_it(bundled_corpus, tmp_path, monkeypatch):
+    from flows.curate import curate
+
+    monkeypatch.setenv("MIMICMOTION_DWPOSE_DIR", str(tmp_path / "no-dwpose"))  # auto must pick the bundled one
+    root = tmp_path / "cat"
+    summary = curate(inputs=[str(bundled_corpus)], catalog=str(root), **FLOW)
+    assert (summary["ok"], summary["failed"]) == (1, 2)
+    cat = Catalog(root)
+    videos = {r["file_name"]: r for r in cat.query("SELECT * FROM videos").to_pylist()}
+    synth = videos["synth.mp4"]
+    assert synth["status"] == "ok" and synth["num_clips"] >= 1
+    assert (synth["pose_source"], synth["pose_estimator"]) == ("mediapipe", "mediapipe")
+    assert synth["pose_estimator_version"] == "mediapipe-holistic-0.10.21"
+    for name in ("black.mp4", "pixel.avi"):
+        assert videos[name]["status"] == "failed" and videos[name]["error_kind"] == "no_person", videos[name]
+        assert videos[name]["error"]
+    selected = cat.named("clips_by_estimator", estimator="mediapipe", min_frames=1).to_pylist()
+    assert selected and {r["pose_estimator_version"] for r in selected} == {"mediapipe-holistic-0.10.21"}
+    assert cat.named("clips_by_estimator", estimator="dwpose", min_frames=1).num_rows == 0
+    poses = cat.query("SELECT score FROM poses WHERE is_subject").to_pylist()
+    body = np.array([r["score"][:18] for r in poses])
+    assert (body > 0.3).mean() > 0.5  # real confidences, not placeholders
+
+
+def test_bundled_estimator_on_two_ray_actors_matches_in_process(bundled_corpus):
+    from mimicmotion.pose.holistic import HolisticEstimator
+    from mimicmotion.video import iter_frames
+    from tasks.ray_pose import RayPoseEstimator, ensure_ray
+
+    frames = [f for batch in iter_frames(bundled_corpus / "synth.mp4", list(range(8)), batch_size=4) for f in batch]
+    local = HolisticEstimator(num_threads=1).estimate_batch(frames)
+    ensure_ray(num_cpus=2)
+    pool = RayPoseEstimator(None, num_actors=2, estimator="mediapipe", cpus_per_actor=1)
+    try:
+        assert (pool.name, pool.version) == ("mediapipe", "mediapipe-holistic-0.10.21")
+        remote = [p for batch in pool.estimate_batches([frames[:4], frames[4:]]) for p in batch]
+    finally:
+        pool.close()
+    assert len(remote) == len(local)
+    for a, b in zip(local, remote):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pose_source_dwpose_and_the_bundled_estimator_conflict(dancers, tmp_path):
+    from flows.curate import curate, detection_estimator
+
+    assert detection_estimator("dwpose", "auto") == "dwpose"
+    assert detection_estimator("detect", "mediapipe") == "mediapipe"
+    with pytest.raises(ConfigError, match="pose_estimator"):
+        curate(inputs=[str(dancers)], catalog=str(tmp_path / "a"), pose_source="dwpose", pose_estimator="mediapipe")
+    with pytest.raises(ConfigError, match="pose estimator must be one of"):
+        curate(inputs=[str(dancers)], catalog=str(tmp_path / "a"), pose_estimator="openpose")
+
+
+@pytest.mark.skipif(not SHARED_DANCE.is_file(), reason="../shared/assets is absent")
+def test_curate_cli_on_the_real_dance_video_with_no_model_download(tmp_path, capsys, monkeypatch):
+    from catalog.cli import add_catalog_commands
+
+    monkeypatch.setenv("MIMICMOTION_DWPOSE_DIR", str(tmp_path / "no-dwpose"))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "dance.mp4").symlink_to(SHARED_DANCE)
+    parser = argparse.ArgumentParser(prog="mimicmotion")
+    add_catalog_commands(parser.add_subparsers(dest="command", required=True))
+    root = tmp_path / "cat"
+    args = parser.parse_args(["curate", str(inbox), "--catalog", str(root), "--contact-sheet-tiles", "0"])
+    assert args.func(args) == 0
+    assert "1 ok, 0 skipped, 0 failed" in capsys.readouterr().out
+    cat = Catalog(root)
+    [video] = cat.query("SELECT pose_estimator, num_clips FROM videos").to_pylist()
+    assert video["pose_estimator"] == "mediapipe" and video["num_clips"] >= 1
+    scores = np.array([r["score"] for r in cat.query("SELECT score FROM poses WHERE is_subject ORDER BY clip_id, "
+                                                      "frame").to_pylist()])
+    hands = scores[:, 92:134].max(axis=1)
+    assert hands.std() > 0.01 and (hands > 0).mean() > 0.5  # hand confidences vary over the clip
+    assert (scores[:, :18] > 0.3).sum(axis=1).min() >= 12

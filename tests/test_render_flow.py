@@ -134,8 +134,12 @@ def test_bad_parameters_fail_before_any_work(sample, model, tmp_path):
         check_request(RenderRequest(**{**good.__dict__, "reference": str(tmp_path / "nope.png")}), SETTINGS, model)
     with pytest.raises(ConfigError, match="exactly one driving source"):
         check_request(RenderRequest(**{**good.__dict__, "driving": sample["driving"]}), SETTINGS, model)
-    with pytest.raises(ConfigError, match="dwpose_dir"):
-        check_request(RenderRequest(**{**good.__dict__, "ref_pose": None}), SETTINGS, model)
+    no_ref_pose = RenderRequest(**{**good.__dict__, "ref_pose": None})
+    with pytest.raises(ConfigError, match="dwpose_dir"):  # DWPose asked for, its files not there
+        check_request(no_ref_pose, SETTINGS, model, dwpose_dir=str(tmp_path), pose_estimator="dwpose")
+    check_request(no_ref_pose, SETTINGS, model, pose_estimator="mediapipe")  # the bundled one needs no files
+    with pytest.raises(ConfigError, match="pose estimator must be one of"):
+        check_request(no_ref_pose, SETTINGS, model, pose_estimator="openpose")
     with pytest.raises(ModelFileError, match="nobase"):
         check_request(good, SETTINGS, ModelSpec(str(tmp_path / "nobase"), model.checkpoint))
     with pytest.raises(ConfigError, match="actors"):

@@ -394,3 +394,15 @@ def test_real_sample(shared_assets, tmp_path):
     with av.open(str(out)) as c:
         assert len(c.streams.audio) == 1
     assert 0.5 - AAC_FRAME_S <= stream_seconds(out, "audio") <= 0.5 + AAC_FRAME_S
+
+
+def test_widths_decord_cannot_copy_are_decoded_with_pyav(tmp_path):
+    # decord 0.6 fails on some frame widths (48 px here) although the file is fine
+    from mimicmotion.video import read_frames, write_video
+
+    frames = np.zeros((6, 64, 48, 3), np.uint8)
+    frames[:, :32] = (200, 40, 40)
+    path = write_video(tmp_path / "w48.mp4", frames, fps=24)
+    got = read_frames(path, [0, 5])
+    assert got.shape == (2, 64, 48, 3)
+    assert np.abs(got.astype(int) - frames[:2].astype(int)).mean() < 6

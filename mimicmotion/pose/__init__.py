@@ -1,4 +1,5 @@
-"""The pose side of the method: layout, DWPose detection, confidence-aware drawing, alignment, files."""
+"""The pose side of the method: layout, DWPose detection (or the bundled Holistic estimator), confidence-aware
+drawing, alignment, files."""
 from mimicmotion.pose.layout import (
     BODY,
     FACE,
@@ -17,6 +18,10 @@ _LAZY = {
     "align_poses": "mimicmotion.pose.align",
     "fit_alignment": "mimicmotion.pose.align",
     "DWPoseEstimator": "mimicmotion.pose.dwpose",
+    "HolisticEstimator": "mimicmotion.pose.holistic",
+    "POSE_ESTIMATORS": "mimicmotion.pose.estimators",
+    "choose_pose_estimator": "mimicmotion.pose.estimators",
+    "make_pose_estimator": "mimicmotion.pose.estimators",
 }
 
 

@@ -308,6 +308,9 @@ class DWPoseEstimator:
     Every frame yields at least one person: with no detection the whole frame is the box (release).
     """
 
+    name = "dwpose"
+    version = f"dwpose:{DET_MODEL_FILE}+{POSE_MODEL_FILE}"
+
     def __init__(self, model_dir=None, *, det_model: str = DET_MODEL_FILE, pose_model: str = POSE_MODEL_FILE,
                  providers: Optional[Sequence[str]] = None, pose_batch_size: int = 32):
         if int(pose_batch_size) < 1:

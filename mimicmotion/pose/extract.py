@@ -1,4 +1,4 @@
-"""Pose extraction over whole videos and images: decode -> DWPose -> PoseSequence (I/O at the edges)."""
+"""Pose extraction over whole videos and images: decode -> pose estimator -> PoseSequence (I/O at the edges)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +40,8 @@ def extract_video_poses(path, estimator, sample_stride: int = 2, batch_size: int
     indices = sample_indices(info.num_frames, info.fps, sample_stride)
     stride = effective_stride(info.fps, sample_stride)
     frames = []
-    with tqdm(total=len(indices), desc=f"DWPose {Path(path).name}", unit="frame", disable=not progress) as bar:
+    desc = f"{getattr(estimator, 'name', 'poses')} {Path(path).name}"
+    with tqdm(total=len(indices), desc=desc, unit="frame", disable=not progress) as bar:
         for batch in iter_frames(path, indices, batch_size=batch_size):
             frames.extend(estimator.estimate_batch(list(batch)))
             bar.update(len(batch))
