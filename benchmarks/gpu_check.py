@@ -9,10 +9,13 @@ decord), carry the wheels the parts need in the ignored folder ``.whl`` (see the
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
-        -d .whl diffusers==0.35.2 ai-edge-litert==2.3.0 backports.strenum flatbuffers
+        -d .whl diffusers==0.42.1 importlib-metadata
     # run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
     #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 &&
     #     python3 benchmarks/gpu_check.py --out $OUT", carry=[".whl"], timeout_s=560)
+
+The tree travels too (about 45 MB: the demo model and the bundled pose models), so ai-edge-litert's 22 MB
+wheel does not fit in the 64 MiB a call carries: the ``pose`` part then records itself as skipped.
 
 Parts, each in its own process with its own time budget (one slow or crashing part cannot take the others
 down), each writing ``<part>.json`` under ``--out`` as soon as it finishes, plus ``gpu_check.log`` and, at
