@@ -3,6 +3,7 @@ resized to the training aspect) with the poses drawn over it, so people can look
 dataset."""
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -15,6 +16,8 @@ import pyarrow.compute as pc
 from catalog.api import Catalog
 from catalog.store import read_part
 from mimicmotion.curation import contact_sheet, crop_and_resize, overlay_pose
+
+log = logging.getLogger(__name__)
 
 
 def pick_clips(clip_ids_per_video: Sequence[Sequence[str]], limit: int) -> list[str]:
@@ -60,7 +63,14 @@ def write_contact_sheet(catalog: Catalog, clip_ids: Sequence[str], out_path, til
         raise ValueError("write_contact_sheet needs at least one clip id")
     first = _clip_row(catalog, clip_ids[0])
     tile_width = max(2, int(round(tile_height * first["output_width"] / first["output_height"])))
-    tiles = [(clip_tile(catalog, cid, tile_width, tile_height), short_label(cid)) for cid in clip_ids]
+    tiles = []
+    for cid in clip_ids:
+        try:
+            tiles.append((clip_tile(catalog, cid, tile_width, tile_height), short_label(cid)))
+        except Exception as exc:  # a video that no longer decodes (moved, truncated) costs its tile, not the sheet
+            log.warning("contact sheet: no tile for clip %s (%s)", cid, exc)
+    if not tiles:
+        raise ValueError(f"none of the {len(clip_ids)} clips could be drawn (their videos do not decode)")
     sheet = contact_sheet(tiles, columns=columns)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

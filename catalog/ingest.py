@@ -95,7 +95,12 @@ def _obtain_poses(path: Path, info, pose_source: str, estimator, settings: Curat
     use_sidecar = pose_source == "sidecar" or (pose_source == "auto" and sidecar_path(path).is_file())
     if use_sidecar:
         seq = load_sidecar(path, info.width, info.height, info.num_frames)
-        return "sidecar", None, sample_sidecar(seq, info.fps, settings.sample_stride, sidecar_path(path).name)
+        seq = sample_sidecar(seq, info.fps, settings.sample_stride, sidecar_path(path).name)
+        if seq.source_frames:  # the poses come from a file: the frames they describe must decode (truncation)
+            from mimicmotion.video import read_frames
+
+            read_frames(path, [seq.source_frames[-1]])
+        return "sidecar", None, seq
     if estimator is None:
         raise ConfigError(f"{path.name} needs pose detection (pose_source={pose_source!r}) but no pose estimator "
                           "was given: pass a pose estimator (DWPose or the bundled one), or use sidecar pose files")
@@ -106,7 +111,7 @@ def _obtain_poses(path: Path, info, pose_source: str, estimator, settings: Curat
 def curate_file(path, root, settings: CurationSettings, *, pose_source: str = "detect", estimator=None,
                 known: Optional[KnownVideos] = None, retry_failed: bool = False, batch_size: int = 16) -> VideoOutcome:
     """Curate one video file into the catalog at ``root`` (created with catalog.store.init_catalog)."""
-    from mimicmotion.video import probe
+    from mimicmotion.video import check_frame_size, probe
 
     start = time.perf_counter()
     path = Path(path).resolve()
@@ -135,6 +140,7 @@ def curate_file(path, root, settings: CurationSettings, *, pose_source: str = "d
     timer = time.perf_counter()
     try:
         info = probe(path)
+        check_frame_size(info)  # before any frame is decoded
         row.update(duration_s=info.duration, fps=info.fps, num_frames=info.num_frames, width=info.width,
                    height=info.height, rotation=info.rotation, has_audio=info.has_audio, video_codec=info.video_codec)
         row["probe_s"], timer = time.perf_counter() - timer, time.perf_counter()

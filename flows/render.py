@@ -30,9 +30,9 @@ def _settings(resolution, sample_stride, tile_size, tile_overlap, steps, guidanc
 
 
 def _device(device: Optional[str]) -> str:
-    import torch
+    from mimicmotion.devices import resolve_device
 
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(device)
 
 
 def _executor(model: ModelSpec, actors: int, ray_address: Optional[str]):

@@ -91,6 +91,28 @@ def cmd_render(args) -> int:
         max_guidance_scale=args.guidance, noise_aug_strength=args.noise_aug_strength,
         decode_chunk_size=args.decode_chunk_size, seed=args.seed, fps=args.fps, max_frames=args.max_frames,
     )
+    # Every check that needs no model, before the pose estimator or the pipeline loads.
+    from mimicmotion.devices import resolve_device
+    from mimicmotion.video import check_output_path
+
+    args.ref_pose = args.ref_pose or None  # --ref-pose "" means: detect the reference pose
+    check_output_path(args.out, "--out video")
+    preview = _preview_path(args)
+    if preview is not None:
+        check_output_path(preview, "--preview video")
+    device = resolve_device(args.device)
+    if args.vae_device:
+        resolve_device(args.vae_device)
+    if args.actors < 0:
+        raise MimicMotionError(f"--actors must be >= 0 (got {args.actors})")
+    settings.validate()
+    if not Path(args.ref).is_file():
+        raise MimicMotionError(f"reference image not found: {args.ref}")
+    from mimicmotion.loading import check_base_model_dir
+
+    check_base_model_dir(args.base_model)
+    if not Path(args.checkpoint).is_file():
+        raise MimicMotionError(f"checkpoint not found: {args.checkpoint} (the MimicMotion .pth or .safetensors file)")
     needs_dwpose = args.ref_pose is None or args.driving is not None
     estimator = _estimator(args) if needs_dwpose else None
     if args.clip_id:
@@ -104,11 +126,7 @@ def cmd_render(args) -> int:
     else:
         driving_poses = load_poses(args.poses) if args.poses else None
     ref_pose = load_poses(args.ref_pose) if args.ref_pose else None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    if args.actors < 0:
-        raise MimicMotionError(f"--actors must be >= 0 (got {args.actors})")
-    settings.validate()  # before Ray starts any actor
     pipeline_options = dict(decode_device=args.vae_device)
     executor = _ray_executor(args) if args.actors else None
     try:
@@ -119,7 +137,7 @@ def cmd_render(args) -> int:
                                                                  device=device),
             settings=settings, device=device, pipeline_options=pipeline_options,
             driving_poses=driving_poses, driving_video=args.driving, estimator=estimator, ref_pose=ref_pose,
-            audio_from=False if args.no_audio else None, preview_path=_preview_path(args),
+            audio_from=False if args.no_audio else None, preview_path=preview,
         )
     finally:
         if executor is not None:

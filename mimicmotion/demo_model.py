@@ -149,22 +149,10 @@ def psnr_of(recon: torch.Tensor, images: torch.Tensor) -> float:
 
 
 def check_device(device) -> str:
-    """``device`` ("cpu", "cuda" or "cuda:N") once it is known to exist on this machine; a ConfigError that
-    names the fix otherwise (before any stage has run)."""
-    name = str(device).strip()
-    if name == "cpu":
-        return name
-    parts = name.split(":")
-    if parts[0] != "cuda" or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
-        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-    if not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: torch finds no CUDA GPU on this machine (torch.cuda.is_available() is "
-                          "False); run with --device cpu, or on a machine with a GPU and a CUDA build of torch")
-    index = int(parts[1]) if len(parts) == 2 else 0
-    if index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
-                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
-    return name
+    """See :func:`mimicmotion.devices.check_device`."""
+    from mimicmotion.devices import check_device as _check
+
+    return _check(device)
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

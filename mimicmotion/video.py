@@ -323,11 +323,38 @@ def _iter_pyav(p: Path, info: VideoInfo, indices: list[int], batch_size: int) ->
             container.close()
 
 
+MAX_FRAME_PIXELS_ENV = "MIMICMOTION_MAX_FRAME_PIXELS"
+DEFAULT_MAX_FRAME_PIXELS = 7680 * 4320 * 5 // 4  # 8K UHD and a margin; a decoded frame is 3 bytes per pixel
+
+
+def max_frame_pixels() -> int:
+    value = os.environ.get(MAX_FRAME_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_FRAME_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ConfigError(f"${MAX_FRAME_PIXELS_ENV} must be a whole number of pixels, got {value!r}") from None
+    if limit < 1:
+        raise ConfigError(f"${MAX_FRAME_PIXELS_ENV} must be >= 1, got {limit}")
+    return limit
+
+
+def check_frame_size(info: VideoInfo) -> None:
+    """Refuse frames larger than the limit before any is decoded (a tiny file can declare 16000x16000)."""
+    limit = max_frame_pixels()
+    if info.width * info.height > limit:
+        raise VideoError(f"{info.path}: frames of {info.width}x{info.height} ({info.width * info.height / 1e6:.0f} MP) "
+                         f"are over the limit of {limit / 1e6:.1f} MP per frame: downscale the video (e.g. ffmpeg -vf "
+                         f"scale=-2:1920), or raise ${MAX_FRAME_PIXELS_ENV} if the machine has the memory")
+
+
 def _open_frame_iterator(path: PathLike, indices: Optional[Sequence[int]],
                          batch_size: int) -> tuple[VideoInfo, Iterator[np.ndarray]]:
     if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     info = probe(path)
+    check_frame_size(info)
     p = Path(path)
     wanted = _checked_indices(indices, info.num_frames, p)
     decode = _iter_decord if info.rotation == 0 else _iter_pyav
@@ -425,6 +452,29 @@ def _encode_h264(tmp: Path, frames: Iterable, rate: Fraction, crf: int, out: Pat
     finally:
         container.close()
     return count
+
+
+VIDEO_OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
+
+
+def check_output_path(path: PathLike, what: str = "output video", suffixes=VIDEO_OUTPUT_SUFFIXES) -> Path:
+    """``path`` if a file can be written there (checked before any work): not a directory, a known suffix,
+    and its nearest existing parent a writable directory (missing folders are created when writing)."""
+    out = Path(path).expanduser()
+    if str(path).strip() == "":
+        raise ConfigError(f"the {what} path is empty: pass a file name such as out.mp4")
+    if out.is_dir():
+        raise ConfigError(f"the {what} {out} is a directory: pass a file name such as {out / 'out.mp4'}")
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise ConfigError(f"the {what} {out} must end in {', '.join(suffixes)} (got {out.suffix or 'no suffix'!r})")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"the {what} {out} cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"the {what} {out} cannot be written: {parent} is not writable")
+    return out
 
 
 def write_video(path: PathLike, frames, fps: Union[float, Fraction], crf: int = DEFAULT_CRF,

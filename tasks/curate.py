@@ -153,7 +153,11 @@ def contact_sheet_task(root: str, outcomes: Sequence[VideoOutcome], max_tiles: i
         return None
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     name = f"curate-{stamp}{'-' + run_label if run_label else ''}.png"
-    return str(write_contact_sheet(Catalog(root), clip_ids, Path(root) / SHEETS_DIR / name))
+    try:
+        return str(write_contact_sheet(Catalog(root), clip_ids, Path(root) / SHEETS_DIR / name))
+    except Exception as exc:  # the sheet is a preview: the catalogue is already written, the run goes on
+        get_run_logger().warning("no contact sheet for this run: %s", exc)
+        return None
 
 
 def summarize(outcomes: Sequence[VideoOutcome], wall_s: float, root: str, catalog_counts: Optional[dict] = None,

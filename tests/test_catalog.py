@@ -430,3 +430,50 @@ def test_format_table_shortens_lists_and_rows():
     lines = text.splitlines()
     assert lines[0].split() == ["a", "v", "s"] and "[134 values]" in lines[2] and "..." in lines[2]
     assert "NULL" in lines[3] and lines[-1] == "(3 rows, 1 not shown: use --format csv or json for all)"
+
+
+def test_truncated_video_with_a_full_sidecar_is_failed_not_ok(tmp_path):
+    """Half of the file decodes: the sidecar's later frames must not become clips (issue 39, item 1)."""
+    video = tmp_path / "half.mp4"
+    dancer(video, num_frames=48)
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])
+    root = init_catalog(tmp_path / "cat")
+    outcome = curate_file(video, root, SETTINGS, pose_source="sidecar")
+    assert (outcome.status, outcome.error_kind, outcome.num_clips) == ("failed", "video", 0)
+    assert "half.mp4" in outcome.reason and "decod" in outcome.reason
+    again = curate_file(video, root, SETTINGS, pose_source="sidecar", known=KnownVideos.load(root))
+    assert again.status == "skipped"  # the failure is recorded (retry with --retry-failed once fixed)
+
+
+def test_frames_over_the_size_limit_make_a_failed_row_before_decoding(tmp_path, monkeypatch):
+    video = tmp_path / "big.mp4"
+    dancer(video, num_frames=8)
+    monkeypatch.setenv("MIMICMOTION_MAX_FRAME_PIXELS", "1000")
+    outcome = curate_file(video, init_catalog(tmp_path / "cat"), SETTINGS, pose_source="sidecar")
+    assert (outcome.status, outcome.error_kind) == ("failed", "video") and "over the limit" in outcome.reason
+
+
+def test_contact_sheet_skips_a_clip_whose_video_no_longer_decodes(tmp_path):
+    from catalog.api import Catalog
+    from catalog.contact_sheet import write_contact_sheet
+
+    root = init_catalog(tmp_path / "cat")
+    good, bad = tmp_path / "good.mp4", tmp_path / "bad.mp4"
+    dancer(good, num_frames=24)
+    dancer(bad, num_frames=24, seed=1)
+    clips = []
+    for path in (good, bad):
+        outcome = curate_file(path, root, SETTINGS, pose_source="sidecar")
+        assert outcome.status == "ok"
+        clips.append(outcome.clip_ids[0])
+    from catalog.index import rebuild_index
+
+    rebuild_index(root)
+    bad.write_bytes(b"")  # gone bad after curation
+    out = write_contact_sheet(Catalog(root), clips, tmp_path / "sheet.png")
+    assert out.is_file()
+    bad.unlink()
+    good.unlink()
+    with pytest.raises(ValueError, match="none of the 2 clips"):
+        write_contact_sheet(Catalog(root), clips, tmp_path / "sheet2.png")

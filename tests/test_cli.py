@@ -234,3 +234,50 @@ def test_reference_photo_without_a_person_with_the_bundled_estimator(sample, mod
     fail(capsys, ["render", "--ref", str(blank), "--poses", str(sample["poses"]), "--base-model", str(model[0]),
                   "--checkpoint", str(model[1]), "--out", str(tmp_path / "o.mp4"), *RENDER_ARGS],
          "no person was found in the reference image")
+
+
+def test_bad_output_paths_fail_before_any_model_loads(sample, model, tmp_path, capsys, monkeypatch):
+    import mimicmotion.loading
+
+    def no_load(*a, **k):
+        raise AssertionError("the pipeline was loaded before the output path was checked")
+
+    monkeypatch.setattr(mimicmotion.loading, "load_pipeline", no_load)
+    base = ["render", "--ref", str(sample["ref"]), "--poses", str(sample["poses"]), "--ref-pose",
+            str(sample["ref_pose"]), "--base-model", str(model[0]), "--checkpoint", str(model[1]), *RENDER_ARGS]
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    fail(capsys, [*base, "--out", str(folder)], "is a directory")
+    fail(capsys, [*base, "--out", str(tmp_path / "out.txt")], "must end in .mp4")
+    gray = tmp_path / "gray.png"
+    gray.write_bytes(b"png")
+    fail(capsys, [*base, "--out", str(gray / "x.mp4")], "is a file, not a folder")
+    fail(capsys, [*base, "--out", str(tmp_path / "o.mp4"), "--preview", str(folder)], "--preview", "is a directory")
+
+
+@pytest.mark.parametrize("device, message", [("banana", "device must be cpu, cuda or cuda:N"),
+                                             ("cuda:x", "device must be cpu, cuda or cuda:N")])
+def test_bad_devices_are_one_clear_line(sample, model, tmp_path, capsys, device, message):
+    base = ["render", "--ref", str(sample["ref"]), "--poses", str(sample["poses"]), "--ref-pose",
+            str(sample["ref_pose"]), "--base-model", str(model[0]), "--checkpoint", str(model[1]), "--out",
+            str(tmp_path / "o.mp4"), *RENDER_ARGS]
+    fail(capsys, [*base, "--device", device], message)
+    fail(capsys, [*base, "--vae-device", device], message)
+
+
+def test_cuda_on_a_machine_without_it_is_one_clear_line(sample, model, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fail(capsys, ["render", "--ref", str(sample["ref"]), "--poses", str(sample["poses"]), "--ref-pose",
+                  str(sample["ref_pose"]), "--base-model", str(model[0]), "--checkpoint", str(model[1]), "--out",
+                  str(tmp_path / "o.mp4"), "--device", "cuda", *RENDER_ARGS], "finds no CUDA GPU", "--device cpu")
+
+
+def test_empty_ref_pose_means_detect_it(sample, model, dwpose_dir, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    rc = main(["render", "--ref", str(sample["ref"]), "--poses", str(sample["poses"]), "--ref-pose", "",
+               "--dwpose-dir", str(dwpose_dir), "--base-model", str(model[0]), "--checkpoint", str(model[1]),
+               "--out", str(out), *RENDER_ARGS])
+    assert rc == 0, capsys.readouterr().err
+    assert out.is_file()

@@ -406,3 +406,17 @@ def test_widths_decord_cannot_copy_are_decoded_with_pyav(tmp_path):
     got = read_frames(path, [0, 5])
     assert got.shape == (2, 64, 48, 3)
     assert np.abs(got.astype(int) - frames[:2].astype(int)).mean() < 6
+
+
+def test_frames_over_the_size_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    from mimicmotion.video import MAX_FRAME_PIXELS_ENV, iter_frames, write_video
+
+    path = write_video(tmp_path / "big.mp4", np.zeros((3, 64, 64, 3), np.uint8), fps=24)
+    monkeypatch.setenv(MAX_FRAME_PIXELS_ENV, "1000")
+    with pytest.raises(VideoError, match=r"64x64 .* over the limit .*MIMICMOTION_MAX_FRAME_PIXELS"):
+        iter_frames(path)
+    monkeypatch.setenv(MAX_FRAME_PIXELS_ENV, "lots")
+    with pytest.raises(ConfigError, match="whole number"):
+        iter_frames(path)
+    monkeypatch.delenv(MAX_FRAME_PIXELS_ENV)
+    assert next(iter_frames(path)).shape == (3, 64, 64, 3)
