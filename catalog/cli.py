@@ -112,7 +112,7 @@ def cmd_catalog_rebuild(args) -> int:
 
 def cmd_catalog_query(args) -> int:
     from catalog.api import Catalog
-    from catalog.queries import NAMED_QUERIES, infer, named_query
+    from catalog.queries import NAMED_QUERIES, ad_hoc_params, named_query
 
     if args.list:
         for q in NAMED_QUERIES.values():
@@ -127,7 +127,7 @@ def cmd_catalog_query(args) -> int:
             raise ConfigError("give either SQL or --named NAME, not both")
         table = cat.named(args.named, **params)
     elif args.sql:
-        table = cat.query(args.sql, {k: infer(v) for k, v in params.items()})
+        table = cat.query(args.sql, ad_hoc_params(params))
     else:
         raise ConfigError('pass SQL, e.g. mimicmotion catalog query "SELECT count(*) FROM clips", '
                           "or --named NAME (see --list)")
@@ -212,7 +212,8 @@ def add_catalog_commands(subparsers) -> None:
     query.add_argument("sql", nargs="?", help='SQL, e.g. "SELECT clip_id FROM clips WHERE num_frames >= $n"')
     query.add_argument("--named", metavar="NAME", help="run a named training-selection query (see --list)")
     query.add_argument("--param", action="append", metavar="KEY=VALUE",
-                       help="bind a value to $KEY (repeatable); values are never pasted into the SQL")
+                       help="bind a value to $KEY (repeatable), as text, or typed with KEY:int=, KEY:float=, "
+                            "KEY:bool=; values are never pasted into the SQL")
     query.add_argument("--list", action="store_true", help="list the named queries and their parameters")
     query.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     query.add_argument("--max-rows", type=int, default=50, help="rows shown in table format (default: 50)")

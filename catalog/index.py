@@ -6,8 +6,9 @@ the files through glob patterns at query time: a video committed after the rebui
 query without touching the database. Rebuilding writes a new database file and renames it over the old
 one, so readers never see a half-built index.
 
-Queries run on a read-only connection; every value a user supplies is passed as a bound parameter
-(``$name`` in the SQL), never pasted into it.
+Queries run on a read-only connection confined to the catalog's folder (DuckDB's ``enable_external_access``
+off, ``allowed_directories`` the catalog, configuration locked), only SELECT-like statements are accepted,
+and every value a user supplies is passed as a bound parameter (``$name`` in the SQL), never pasted into it.
 """
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ def connect(root=None) -> duckdb.DuckDBPyConnection:
         raise ConfigError(f"cannot open {path} read-only ({exc}); if a curation run is writing the index, "
                           "retry when it is done") from exc
     try:
+        _guard(con, root)
         info = dict(con.execute("SELECT key, value FROM catalog_info").fetchall())
     except duckdb.Error as exc:
         con.close()
@@ -124,10 +126,40 @@ def connect(root=None) -> duckdb.DuckDBPyConnection:
     return con
 
 
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
+
+
+def _guard(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Confine the connection to the catalog's own folder: no other file can be read or written, no
+    extension loaded, no database attached, and the settings cannot be changed back."""
+    folders = sorted({str(root) + os.sep, str(Path(root).resolve()) + os.sep})
+    con.execute("SET allowed_directories = ?", [folders])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET lock_configuration = true")
+
+
+def check_read_only(sql: str) -> None:
+    """Only SELECT-like statements (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, VALUES, EXPLAIN) run: COPY,
+    ATTACH, CREATE, INSERT, SET, PRAGMA, INSTALL... are refused before anything executes."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ConfigError(f"query failed: {str(exc).strip()}") from exc
+    for statement in statements:
+        kind = str(statement.type).rsplit(".", 1)[-1]
+        if kind not in READ_ONLY_STATEMENTS:
+            raise ConfigError(f"catalog queries are read-only: a {kind} statement is not allowed (only SELECT, "
+                              "WITH, DESCRIBE, SHOW, SUMMARIZE, VALUES and EXPLAIN run); the catalog's files are "
+                              "written by `mimicmotion curate` and `mimicmotion catalog rebuild` only")
+
+
 def run_query(sql: str, params: Optional[dict] = None, root=None,
               con: Optional[duckdb.DuckDBPyConnection] = None) -> pa.Table:
     """Run ``sql`` with ``params`` bound to its ``$name`` placeholders on a read-only connection and return
     the result as an Arrow table (empty for a statement without a result). SQL errors become ConfigError."""
+    check_read_only(sql)
     own = con is None
     con = connect(root) if own else con
     try:

@@ -58,16 +58,20 @@ def convert(value, typ: type, name: str):
         raise ConfigError(f"{name} must be of type {typ.__name__}, got {value!r}") from None
 
 
-def infer(text: str):
-    """A command-line value for ad hoc SQL: int, then float, then true/false, else the string itself."""
-    for typ in (int, float):
-        try:
-            return typ(text)
-        except ValueError:
-            pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    return text
+PARAM_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "text": str}
+
+
+def ad_hoc_params(params: dict) -> dict:
+    """Command-line parameters of ad hoc SQL: text as given (``007`` stays ``'007'``; DuckDB casts text where
+    a comparison or LIMIT needs a number, ``$n::INT`` elsewhere), or the type a ``KEY:TYPE`` names (int,
+    float, bool, str)."""
+    out = {}
+    for key, value in params.items():
+        name, sep, type_name = key.partition(":")
+        if sep and type_name not in PARAM_TYPES:
+            raise ConfigError(f"--param {key}: unknown type {type_name!r}; use {', '.join(PARAM_TYPES)}")
+        out[name] = convert(value, PARAM_TYPES[type_name], name) if sep else value
+    return out
 
 
 _CLIP_COLUMNS = ("c.clip_id, c.video_id, v.source_path, c.source_start_frame, c.source_end_frame, c.num_frames, "

@@ -650,11 +650,11 @@ def _parse_params(items) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    from catalog.queries import infer
+    from catalog.queries import ad_hoc_params
 
     params = _parse_params(args.param)
-    if args.sql:  # ad hoc SQL: typed from the text; named queries convert to their declared types
-        params = {k: infer(v) for k, v in params.items()}
+    if args.sql:  # ad hoc SQL: text, or KEY:TYPE; named queries convert to their declared types
+        params = ad_hoc_params(params)
     settings = RenderSettings(resolution=args.resolution, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
                               num_inference_steps=args.steps, min_guidance_scale=args.guidance,
                               max_guidance_scale=args.guidance, noise_aug_strength=args.noise_aug_strength,

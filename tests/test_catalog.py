@@ -20,7 +20,7 @@ from catalog import Catalog, KnownVideos, clip_poses, curate_file, init_catalog,
 from catalog.cli import add_catalog_commands, format_table, parse_params
 from catalog.index import connect, index_is_current, run_query
 from catalog.ingest import clip_id_of
-from catalog.queries import NAMED_QUERIES, convert, infer
+from catalog.queries import NAMED_QUERIES, ad_hoc_params, convert
 from catalog.schema import SCHEMA_VERSION, TABLES, arrow_schema, column_names
 from catalog.store import (CATALOG_ENV, STAGING_DIR, catalog_root, clean_staging, commit_part, committed_video_ids,
                            default_catalog_dir, is_committed, read_table)
@@ -246,7 +246,8 @@ def test_parameter_conversion():
         convert(1.5, int, "p")
     with pytest.raises(ConfigError):
         convert("maybe", bool, "p")
-    assert [infer(v) for v in ("3", "0.25", "true", "abc")] == [3, 0.25, True, "abc"]
+    assert ad_hoc_params({"a": "007", "b:int": "3", "c:float": "0.25", "d:bool": "true"}) == {
+        "a": "007", "b": 3, "c": 0.25, "d": True}
     assert parse_params(["a=1", "b=x=y"]) == {"a": "1", "b": "x=y"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_params(["novalue"])
@@ -477,3 +478,45 @@ def test_contact_sheet_skips_a_clip_whose_video_no_longer_decodes(tmp_path):
     good.unlink()
     with pytest.raises(ValueError, match="none of the 2 clips"):
         write_contact_sheet(Catalog(root), clips, tmp_path / "sheet2.png")
+
+
+def test_queries_read_the_catalog_and_nothing_else(root, tmp_path, capsys):
+    """COPY, ATTACH, SET and file functions outside the catalog are refused (issue 39, item 3)."""
+    commit_rows(root, "aaaa", [clip_row("aaaa", 0, num_frames=20), clip_row("aaaa", 1, num_frames=8)])
+    rebuild_index(root)
+    cat = Catalog(root)
+    part = next(root.glob("parts/*/clips.parquet"))
+    before = part.read_bytes()
+    outside = tmp_path / "x.csv"
+    refused = {
+        f"COPY (SELECT 42) TO '{outside}'": "read-only",
+        f"COPY (SELECT 42 AS clip_id) TO '{part}' (FORMAT parquet)": "read-only",
+        f"ATTACH '{tmp_path / 'x.duckdb'}' (READ_WRITE)": "read-only",
+        "SET enable_external_access = true": "read-only",
+        "INSTALL httpfs": "read-only",
+        "SELECT * FROM read_text('/etc/passwd')": "Permission|disabled",
+        "SELECT * FROM read_csv('/etc/hostname')": "Permission|disabled",
+        "SELECT * FROM glob('/root/*')": "Permission|disabled",
+        f"SELECT * FROM read_parquet('{tmp_path}/*.parquet')": "Permission|disabled",
+    }
+    for sql, message in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            cat.query(sql)
+    assert not outside.exists() and part.read_bytes() == before
+    assert cat.query("SELECT count(*) AS n FROM clips").to_pylist() == [{"n": 2}]
+    assert cat.query("DESCRIBE clips").num_rows > 0 and cat.query("EXPLAIN SELECT * FROM clips").num_rows > 0
+    code, out, err = run_cli(["catalog", "query", f"COPY (SELECT 1) TO '{outside}'", "--catalog", str(root)], capsys)
+    assert code == 1 and "read-only" in err and not outside.exists()
+
+
+def test_ad_hoc_parameters_are_text_unless_typed(root, capsys):
+    commit_rows(root, "aaaa", [clip_row("aaaa", 0, num_frames=20)])
+    rebuild_index(root)
+    code, out, _ = run_cli(["catalog", "query", "SELECT $code AS code, $n AS n", "--param", "code=007",
+                            "--param", "n:int=7", "--format", "json", "--catalog", str(root)], capsys)
+    assert code == 0 and json.loads(out) == [{"code": "007", "n": 7}]
+    code, out, _ = run_cli(["catalog", "query", "SELECT count(*) AS n FROM clips WHERE num_frames >= $m",
+                            "--param", "m=16", "--format", "json", "--catalog", str(root)], capsys)
+    assert code == 0 and json.loads(out) == [{"n": 1}]  # DuckDB casts the text where a number is compared
+    code, _, err = run_cli(["catalog", "query", "SELECT $x", "--param", "x:date=1", "--catalog", str(root)], capsys)
+    assert code == 1 and "unknown type 'date'" in err
