@@ -18,6 +18,9 @@ import pyarrow as pa
 from mimicmotion.errors import ConfigError, MimicMotionError
 
 FORMATS = ("table", "csv", "json")
+# A file still growing (a copy or download in progress) would be curated half-written; one not modified for
+# this long is taken as complete. The scheduled deployment waits longer (deployments/curate.py).
+CLI_SETTLE_SECONDS = 10.0
 
 
 def _catalog_arg(p: argparse.ArgumentParser) -> None:
@@ -256,7 +259,8 @@ def add_catalog_commands(subparsers) -> None:
     cur.add_argument("--batch-size", type=int, default=16, help="frames per pose-detection batch (default: 16)")
     cur.add_argument("--retry-failed", action="store_true", help="curate again videos recorded as failed")
     cur.add_argument("--no-recursive", action="store_true", help="do not look into sub-folders")
-    cur.add_argument("--settle-seconds", type=float, default=0.0,
-                     help="skip files modified less than this many seconds ago (default: 0)")
+    cur.add_argument("--settle-seconds", type=float, default=CLI_SETTLE_SECONDS,
+                     help="leave files modified less than this many seconds ago (still being copied) for a later "
+                          f"run (default: {CLI_SETTLE_SECONDS:g}; 0 takes every file now)")
     cur.add_argument("--contact-sheet-tiles", type=int, default=12, help="tiles in the contact sheet; 0 = none")
     cur.set_defaults(func=cmd_curate)

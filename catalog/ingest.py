@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -108,14 +109,32 @@ def _obtain_poses(path: Path, info, pose_source: str, estimator, settings: Curat
     return getattr(estimator, "name", "dwpose"), getattr(estimator, "version", None), seq
 
 
+def _broken_link(path: Path) -> Optional[str]:
+    """Why ``path`` is a symbolic link that leads to no file (dangling, or a loop), else None."""
+    if not path.is_symlink():
+        return None
+    try:
+        target = path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return f"{path} is a symbolic link loop: fix or remove the link"
+    except OSError as exc:
+        if "loop" in str(exc).lower() or getattr(exc, "errno", None) == 40:  # ELOOP
+            return f"{path} is a symbolic link loop: fix or remove the link"
+        return f"{path} is a broken symbolic link (to {os.readlink(path)}, which does not exist): fix or remove it"
+    return None if target.is_file() else f"{path} links to {target}, which is not a file"
+
+
 def curate_file(path, root, settings: CurationSettings, *, pose_source: str = "detect", estimator=None,
                 known: Optional[KnownVideos] = None, retry_failed: bool = False, batch_size: int = 16) -> VideoOutcome:
     """Curate one video file into the catalog at ``root`` (created with catalog.store.init_catalog)."""
     from mimicmotion.video import check_frame_size, probe
 
     start = time.perf_counter()
-    path = Path(path).resolve()
     known = known if known is not None else KnownVideos.load(root)
+    broken = _broken_link(Path(path))
+    if broken:
+        return VideoOutcome(str(path), "failed", error_kind="video", reason=broken)
+    path = Path(path).resolve()
     try:
         st = path.stat()
     except OSError as exc:

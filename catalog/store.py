@@ -167,6 +167,11 @@ def clean_staging(root) -> list[str]:
         return []
     host = socket.gethostname()
     removed = []
+    for entry in Path(root).glob(f".{DB_FILE}.*.tmp*"):  # an index rebuild killed before its rename
+        pid = entry.name[len(DB_FILE) + 2:].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
     for entry in staging.iterdir():
         parts = entry.name.split(".")
         # video_id . host (may contain dots) . pid . token [. old]

@@ -190,7 +190,8 @@ def find_videos(inputs: Sequence, recursive: bool = True, settle_seconds: float 
     """The videos to curate: files given directly (any name), plus the files with a video extension
     (``VIDEO_SUFFIXES``) inside given folders. Hidden files and folders (name starting with '.') are
     skipped when scanning, as are files modified less than ``settle_seconds`` ago (still being copied into
-    an inbox). Sorted, without repeats. A missing input is a ConfigError."""
+    an inbox). Broken symbolic links with a video name are returned as they are, so that curating them reports
+    why they failed. Sorted, without repeats. A missing input is a ConfigError."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     now = time.time() if now is None else now
@@ -205,7 +206,11 @@ def find_videos(inputs: Sequence, recursive: bool = True, settle_seconds: float 
                 rel = f.relative_to(p).parts
                 if any(part.startswith(".") for part in rel) or f.suffix.lower() not in VIDEO_SUFFIXES:
                     continue
-                if f.name.endswith(SIDECAR_SUFFIX) or not f.is_file():
+                if f.name.endswith(SIDECAR_SUFFIX):
+                    continue
+                if not f.is_file():
+                    if f.is_symlink():  # dangling or a loop: reported as a failed video, not skipped silently
+                        found[f.absolute()] = None
                     continue
                 if settle_seconds > 0 and now - f.stat().st_mtime < settle_seconds:
                     continue

@@ -105,12 +105,16 @@ def find_videos_task(inputs: Sequence[str], recursive: bool = True, settle_secon
 
 @task(name="open-catalog", cache_policy=NO_CACHE)
 def open_catalog_task(catalog=None) -> tuple[str, KnownVideos]:
-    """Create the catalog layout if needed, remove leftovers of killed runs, read the known videos."""
+    """Create the catalog layout and its index if needed, remove leftovers of killed runs, read the known
+    videos."""
     root = init_catalog(catalog)
     removed = clean_staging(root)
     logger = get_run_logger()
     if removed:
         logger.info("removed %d unfinished write(s) of earlier runs: %s", len(removed), ", ".join(removed))
+    from catalog.index import ensure_index
+
+    ensure_index(root)  # queryable from the start: the views show each video as it is committed
     known = KnownVideos.load(root)
     logger.info("catalog %s holds %d video(s)", root, len(known.status))
     return str(root), known

@@ -520,3 +520,38 @@ def test_ad_hoc_parameters_are_text_unless_typed(root, capsys):
     assert code == 0 and json.loads(out) == [{"n": 1}]  # DuckDB casts the text where a number is compared
     code, _, err = run_cli(["catalog", "query", "SELECT $x", "--param", "x:date=1", "--catalog", str(root)], capsys)
     assert code == 1 and "unknown type 'date'" in err
+
+
+def test_broken_links_in_an_inbox_are_reported_as_failed(tmp_path):
+    from mimicmotion.curation import find_videos
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    dancer(inbox / "real.mp4", num_frames=24)
+    (inbox / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (inbox / "loop_a.mp4").symlink_to(inbox / "loop_b.mp4")
+    (inbox / "loop_b.mp4").symlink_to(inbox / "loop_a.mp4")
+    found = find_videos([inbox])
+    assert sorted(p.name for p in found) == ["gone.mp4", "loop_a.mp4", "loop_b.mp4", "real.mp4"]
+    root = init_catalog(tmp_path / "cat")
+    outcomes = {p.name: curate_file(p, root, SETTINGS, pose_source="sidecar") for p in found}
+    assert outcomes["real.mp4"].status == "ok"
+    assert outcomes["gone.mp4"].status == "failed" and "broken symbolic link" in outcomes["gone.mp4"].reason
+    assert outcomes["loop_a.mp4"].status == "failed" and "loop" in outcomes["loop_a.mp4"].reason
+
+
+def test_a_killed_index_rebuild_leaves_nothing_behind(tmp_path):
+    root = init_catalog(tmp_path / "cat")
+    stale = root / ".catalog.duckdb.999999999-abcd1234.tmp"
+    stale.write_bytes(b"half a database")
+    (root / ".catalog.duckdb.999999999-abcd1234.tmp.wal").write_bytes(b"")
+    mine = root / f".catalog.duckdb.{os.getpid()}-abcd1234.tmp"  # a live writer's: kept
+    mine.write_bytes(b"")
+    removed = clean_staging(root)
+    assert ".catalog.duckdb.999999999-abcd1234.tmp" in removed and not stale.exists() and mine.exists()
+
+
+def test_the_cli_leaves_files_still_being_written_for_later(capsys):
+    parser = argparse.ArgumentParser(prog="mimicmotion")
+    add_catalog_commands(parser.add_subparsers(dest="command", required=True))
+    assert parser.parse_args(["curate", "x"]).settle_seconds == 10.0
