@@ -281,3 +281,25 @@ def test_empty_ref_pose_means_detect_it(sample, model, dwpose_dir, tmp_path, cap
                "--out", str(out), *RENDER_ARGS])
     assert rc == 0, capsys.readouterr().err
     assert out.is_file()
+
+
+def test_render_on_two_ray_actors_equals_the_local_render(sample, tmp_path, capsys):
+    """Issue 39, item 5: the demo model at --resolution 128 --steps 2 --tile-size 8 --tile-overlap 2."""
+    ray = pytest.importorskip("ray")
+    from pathlib import Path
+
+    from mimicmotion.video import read_frames
+
+    demo = Path(__file__).resolve().parents[1] / "mimicmotion" / "assets" / "demo_model"
+    args = ["render", "--ref", str(sample["ref"]), "--poses", str(sample["poses"]), "--ref-pose",
+            str(sample["ref_pose"]), "--base-model", str(demo / "base"), "--checkpoint",
+            str(demo / "mimicmotion-demo.safetensors"), "--resolution", "128", "--steps", "2", "--tile-size", "8",
+            "--tile-overlap", "2", "--max-frames", "12", "--no-preview"]
+    try:
+        assert main([*args, "--out", str(tmp_path / "local.mp4"), "--actors", "0"]) == 0
+        assert main([*args, "--out", str(tmp_path / "ray.mp4"), "--actors", "2"]) == 0, capsys.readouterr().err
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    local, remote = read_frames(tmp_path / "local.mp4"), read_frames(tmp_path / "ray.mp4")
+    assert local.shape == remote.shape and np.array_equal(local, remote)
