@@ -61,6 +61,11 @@ def _param(text: str) -> tuple[str, object]:
 
 
 def main(argv=None) -> int:
+    from mimicmotion.lifecycle import exit_cleanly_on_sigterm, reap_descendants_on_exit
+
+    if argv is None:  # run as a program: the flow runs' servers and agents die with it
+        reap_descendants_on_exit()
+        exit_cleanly_on_sigterm()
     from prefect import serve
 
     ap = argparse.ArgumentParser(description="serve the scheduled inbox curation (flow `curate`)")

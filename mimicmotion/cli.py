@@ -291,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    if argv is None:  # a real command (not a call from Python): its servers and agents die with it
+        from mimicmotion.lifecycle import exit_cleanly_on_sigterm, reap_descendants_on_exit
+
+        reap_descendants_on_exit()
+        exit_cleanly_on_sigterm()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
@@ -303,6 +308,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        if isinstance(exc.code, int) and exc.code > 128:  # SIGTERM (see mimicmotion.lifecycle)
+            print(f"stopped by signal {exc.code - 128}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":
