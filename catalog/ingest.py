@@ -64,10 +64,12 @@ class KnownVideos:
         rows = table.to_pylist()
         self.status = {r["video_id"]: (r["status"], r["error_kind"]) for r in rows}
         self.by_file = {(r["source_path"], r["size_bytes"], r["source_mtime_ns"]): r["video_id"] for r in rows}
+        self.sidecar = {r["video_id"]: (r["source_path"], r.get("sidecar_mtime_ns")) for r in rows}
 
     @classmethod
     def load(cls, root) -> "KnownVideos":
-        cols = ["video_id", "source_path", "size_bytes", "source_mtime_ns", "status", "error_kind"]
+        cols = ["video_id", "source_path", "size_bytes", "source_mtime_ns", "status", "error_kind",
+                "sidecar_mtime_ns"]
         return cls(read_table(root, "videos", columns=cols))
 
     def is_done(self, video_id: str, retry_failed: bool = False) -> bool:
@@ -79,6 +81,15 @@ class KnownVideos:
 
     def same_file(self, path: str, size: int, mtime_ns: int) -> Optional[str]:
         return self.by_file.get((path, size, mtime_ns))
+
+    def sidecar_changed(self, video_id: str, path: str, sidecar_mtime_ns: Optional[int]) -> bool:
+        """Whether the sidecar pose file next to ``path`` appeared, changed or went away since the video's row
+        was written from that path: its poses are an input like the video's bytes, so a fixed sidecar is
+        curated again. (The same content at another path is the same video, already done.)"""
+        if video_id not in self.sidecar:
+            return False
+        known_path, known_stamp = self.sidecar[video_id]
+        return known_path == path and known_stamp != sidecar_mtime_ns
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -107,6 +118,17 @@ def _obtain_poses(path: Path, info, pose_source: str, estimator, settings: Curat
                           "was given: pass a pose estimator (DWPose or the bundled one), or use sidecar pose files")
     seq = detect_poses(path, estimator, settings.sample_stride, batch_size, info=info)
     return getattr(estimator, "name", "dwpose"), getattr(estimator, "version", None), seq
+
+
+def _sidecar_stamp(path: Path) -> Optional[int]:
+    try:
+        return sidecar_path(path).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _sidecar_changed(known: KnownVideos, video_id: str, path: Path, stamp: Optional[int], pose_source: str) -> bool:
+    return pose_source in ("sidecar", "auto") and known.sidecar_changed(video_id, str(path), stamp)
 
 
 def _broken_link(path: Path) -> Optional[str]:
@@ -140,21 +162,24 @@ def curate_file(path, root, settings: CurationSettings, *, pose_source: str = "d
     except OSError as exc:
         return VideoOutcome(str(path), "failed", error_kind="video",
                             reason=f"{path} cannot be read ({exc.strerror}): it was moved or deleted during the run")
+    sidecar_stamp = _sidecar_stamp(path) if pose_source in ("sidecar", "auto") else None
     same = known.same_file(str(path), st.st_size, st.st_mtime_ns)
-    if same is not None and known.is_done(same, retry_failed):
+    if same is not None and known.is_done(same, retry_failed) and not _sidecar_changed(
+            known, same, path, sidecar_stamp, pose_source):
         return VideoOutcome(str(path), "skipped", video_id=same, reason="already in the catalog")
 
     content_hash = file_sha256(path)
     video_id = video_id_of(content_hash)
     hash_s = time.perf_counter() - start
-    redo = video_id in known.status and not known.is_done(video_id, retry_failed)
-    if known.is_done(video_id, retry_failed) or (not redo and is_committed(root, video_id)):
+    changed = _sidecar_changed(known, video_id, path, sidecar_stamp, pose_source)
+    redo = video_id in known.status and (not known.is_done(video_id, retry_failed) or changed)
+    if (known.is_done(video_id, retry_failed) and not changed) or (not redo and is_committed(root, video_id)):
         return VideoOutcome(str(path), "skipped", video_id=video_id, reason="same content already in the catalog")
 
     row = {name: None for name in column_names("videos")}
     row.update(video_id=video_id, content_hash=content_hash, source_path=str(path), file_name=path.name,
                size_bytes=st.st_size, source_mtime_ns=st.st_mtime_ns, num_clips=0, settings=settings.to_json(),
-               schema_version=SCHEMA_VERSION, hash_s=hash_s)
+               schema_version=SCHEMA_VERSION, hash_s=hash_s, sidecar_mtime_ns=sidecar_stamp)
     plan: Optional[VideoPlan] = None
     timer = time.perf_counter()
     try:

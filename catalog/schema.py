@@ -42,6 +42,8 @@ VIDEO_COLUMNS = [
                                            "sidecar poses)"),
     ("pose_estimator_version", pa.string(), True, "its models, e.g. 'mediapipe-holistic-0.10.21' or "
                                                    "'dwpose:yolox_l.onnx+dw-ll_ucoco_384.onnx'"),
+    ("sidecar_mtime_ns", pa.int64(), True, "modification time of <stem>.poses.parquet when curated with pose source "
+                                           "sidecar or auto (null: none); a changed sidecar is curated again"),
     ("sample_stride", pa.int32(), True, "decoded frames between sampled frames"),
     ("sampled_frames", pa.int32(), True, "number of sampled frames with poses"),
     ("frames_with_person", pa.int32(), True, "sampled frames where at least one person counts"),

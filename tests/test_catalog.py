@@ -555,3 +555,25 @@ def test_the_cli_leaves_files_still_being_written_for_later(capsys):
     parser = argparse.ArgumentParser(prog="mimicmotion")
     add_catalog_commands(parser.add_subparsers(dest="command", required=True))
     assert parser.parse_args(["curate", "x"]).settle_seconds == 10.0
+
+
+def test_a_fixed_sidecar_counts_as_a_change(tmp_path):
+    """A video failed for its sidecar is curated again once the sidecar is fixed (no --retry-failed)."""
+    from mimicmotion.curation import sidecar_path
+
+    video = tmp_path / "d.mp4"
+    poses = dancer(video, num_frames=24)
+    good = sidecar_path(video).read_bytes()
+    sidecar_path(video).write_bytes(b"not parquet")
+    root = init_catalog(tmp_path / "cat")
+    first = curate_file(video, root, SETTINGS, pose_source="sidecar")
+    assert first.status == "failed"
+    assert curate_file(video, root, SETTINGS, pose_source="sidecar", known=KnownVideos.load(root)).status == "skipped"
+    sidecar_path(video).write_bytes(good)
+    os.utime(sidecar_path(video), ns=(1, 2_000_000_000_000_000_000))
+    again = curate_file(video, root, SETTINGS, pose_source="sidecar", known=KnownVideos.load(root))
+    assert again.status == "ok" and again.num_clips >= 1 and again.video_id == first.video_id
+    rows = [r for r in read_table(root, "videos").to_pylist() if r["video_id"] == first.video_id]
+    assert [r["status"] for r in rows] == ["ok"] and rows[0]["sidecar_mtime_ns"] == 2_000_000_000_000_000_000
+    # unchanged since: skipped again; with DWPose detection the sidecar is not an input
+    assert curate_file(video, root, SETTINGS, pose_source="sidecar", known=KnownVideos.load(root)).status == "skipped"
