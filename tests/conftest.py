@@ -8,6 +8,12 @@ import pytest
 
 _EXIT_STATUS: list[int] = []  # pytest's exit status once the session has finished
 
+# Every process the tests start (CLI commands, Prefect servers, Ray's processes) inherits this mark; at the
+# very end none may be left running (issue 37: no Ray, Prefect or uvicorn process of ours outlives its run).
+SESSION_MARK_ENV = "MIMICMOTION_TEST_SESSION"
+os.environ[SESSION_MARK_ENV] = f"{os.getpid()}-{os.urandom(4).hex()}"
+LEFTOVER_WAIT_S = 20.0
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MIMICMOTION_SHARED", REPO.parent / "shared"))
 
@@ -38,6 +44,45 @@ def pytest_sessionfinish(session, exitstatus):
     _EXIT_STATUS.append(int(exitstatus))
 
 
+def _leftover_processes() -> list[str]:
+    """Processes still carrying this session's mark (waits for stragglers to finish exiting)."""
+    import time
+
+    needle = f"{SESSION_MARK_ENV}={os.environ[SESSION_MARK_ENV]}".encode()
+    deadline = time.monotonic() + LEFTOVER_WAIT_S
+    while True:
+        left = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    left[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+            except OSError:
+                continue
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for pid in left:  # report, then do not leave them running either
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    return [f"{pid}: {cmd}" for pid, cmd in left.items()]
+
+
+def _check_no_leftover_processes() -> None:
+    if not _EXIT_STATUS or not sys.platform.startswith("linux"):
+        return
+    left = _leftover_processes()
+    if left:
+        print(f"\n{len(left)} process(es) started by the tests were still running at the end:", file=sys.stderr)
+        for line in left:
+            print(f"  {line}", file=sys.stderr)
+        if _EXIT_STATUS[-1] == 0:
+            _EXIT_STATUS[-1] = 1
+
+
 def _exit_with_the_tests_status() -> None:
     """End the process with the tests' status once every other exit handler has run, skipping the teardown.
 
@@ -47,7 +92,10 @@ def _exit_with_the_tests_status() -> None:
     imported, before Ray or Prefect register theirs, so it runs last: their handlers (e.g. stopping Prefect's
     temporary API server) still run. ``MIMICMOTION_TESTS_FULL_TEARDOWN=1`` keeps the ordinary exit, to debug it.
     """
+    _check_no_leftover_processes()
     if not _EXIT_STATUS or "ray" not in sys.modules or os.environ.get("MIMICMOTION_TESTS_FULL_TEARDOWN") == "1":
+        if _EXIT_STATUS and _EXIT_STATUS[-1] != 0:
+            os._exit(_EXIT_STATUS[-1])  # the leftover check can turn a pass into a failure
         return
     for stream in (sys.stdout, sys.stderr):
         try:

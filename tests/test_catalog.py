@@ -577,3 +577,23 @@ def test_a_fixed_sidecar_counts_as_a_change(tmp_path):
     assert [r["status"] for r in rows] == ["ok"] and rows[0]["sidecar_mtime_ns"] == 2_000_000_000_000_000_000
     # unchanged since: skipped again; with DWPose detection the sidecar is not an input
     assert curate_file(video, root, SETTINGS, pose_source="sidecar", known=KnownVideos.load(root)).status == "skipped"
+
+
+HOSTILE_NAMES = ["with space.mp4", "ünïcødé 舞.mp4", "quo'te\"s.mp4", "semi;colon.mp4", "$(touch pwned).mp4",
+                 "-dash.mp4", "back`tick`.mp4"]
+
+
+def test_hostile_file_names_are_curated_and_queried_as_data(tmp_path, capsys):
+    inbox = tmp_path / "in box"
+    inbox.mkdir()
+    for k, name in enumerate(HOSTILE_NAMES):
+        dancer(inbox / name, num_frames=24, seed=k)
+    root = init_catalog(tmp_path / "cat's")
+    outcomes = [curate_file(p, root, SETTINGS, pose_source="sidecar") for p in sorted(inbox.glob("*.mp4"))]
+    assert [o.status for o in outcomes] == ["ok"] * len(HOSTILE_NAMES)
+    rebuild_index(root)
+    for name in HOSTILE_NAMES:
+        code, out, err = run_cli(["catalog", "query", "SELECT count(*) AS n FROM videos WHERE file_name = $f",
+                                  "--param", f"f={name}", "--format", "json", "--catalog", str(root)], capsys)
+        assert code == 0 and json.loads(out) == [{"n": 1}], (name, err)
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()

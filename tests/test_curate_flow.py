@@ -436,3 +436,38 @@ def test_curate_cli_on_the_real_dance_video_with_no_model_download(tmp_path, cap
     hands = scores[:, 92:134].max(axis=1)
     assert hands.std() > 0.01 and (hands > 0).mean() > 0.5  # hand confidences vary over the clip
     assert (scores[:, :18] > 0.3).sum(axis=1).min() >= 12
+
+
+def test_two_overlapping_curate_runs_give_the_rows_of_one(dancers, tmp_path):
+    """Issue 37, item 2: an overlapping cron or an ad hoc run during the scheduled one, plus queries while
+    they write: no crash, no duplicate, no corrupt index, the rows of a single run."""
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.curate import curate
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    root = tmp_path / "cat"
+    cmd = [sys.executable, "-m", "mimicmotion.cli", "curate", str(dancers), "--catalog", str(root), "--pose-source",
+           "sidecar", "--sample-stride", "1", "--clip-length", "12", "--min-clip-length", "6",
+           "--contact-sheet-tiles", "0", "--settle-seconds", "0"]
+    runs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = []
+    while any(r.poll() is None for r in runs):  # read while they write
+        try:
+            Catalog(root).query("SELECT count(*) FROM clips")
+        except ConfigError as exc:
+            if "no catalog database" not in str(exc) and "cannot open" not in str(exc):
+                errors.append(str(exc))
+        time.sleep(0.2)
+    outputs = [r.communicate() for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outputs
+    assert not errors, errors[:3]
+    single = tmp_path / "single"
+    curate(inputs=[str(dancers)], catalog=str(single), pose_source="sidecar", **{**FLOW, "contact_sheet_tiles": 0})
+    assert all_rows(root) == all_rows(single)
+    ids = [r["video_id"] for r in Catalog(root).query("SELECT video_id FROM videos").to_pylist()]
+    assert len(ids) == len(set(ids)) == 3
+    assert not list((root / STAGING_DIR).iterdir()) and not list(root.glob(".*.tmp*"))
