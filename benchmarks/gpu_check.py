@@ -241,9 +241,9 @@ def part_pose(args) -> dict:
     t0 = time.perf_counter()
     poses = est.estimate_batch(frames)
     seconds = time.perf_counter() - t0
+    scores = [p[..., 2].mean() for p in poses if len(p)]
     return dict(frames=n, size="540x960", threads=est.num_threads, fps=round(n / seconds, 2),
-                people_found=int(sum(len(p) > 0 for p in poses)), score_mean=float(np.mean([p[..., 2].mean() for p in poses
-                                                                                           if len(p)] or [0])))
+                people_found=int(sum(len(p) > 0 for p in poses)), score_mean=float(np.mean(scores or [0])))
 
 
 def parts(args) -> dict:

@@ -159,7 +159,8 @@ def contact_sheet(frames: list, poses: list, indices: list, out: Path, tiles: in
         cv2.putText(tile, f"frame {indices[i]}", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
         row.append(tile)
     half = (len(row) + 1) // 2
-    rows = [np.concatenate(row[:half], 1), np.concatenate(row[half:] + [np.zeros_like(row[0])] * (2 * half - len(row)), 1)]
+    second = row[half:] + [np.zeros_like(row[0])] * (2 * half - len(row))
+    rows = [np.concatenate(row[:half], 1), np.concatenate(second, 1)]
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
 

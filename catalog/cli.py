@@ -115,7 +115,7 @@ def cmd_catalog_rebuild(args) -> int:
 
 def cmd_catalog_query(args) -> int:
     from catalog.api import Catalog
-    from catalog.queries import NAMED_QUERIES, ad_hoc_params, named_query
+    from catalog.queries import NAMED_QUERIES, ad_hoc_params
 
     if args.list:
         for q in NAMED_QUERIES.values():

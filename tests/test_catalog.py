@@ -562,7 +562,7 @@ def test_a_fixed_sidecar_counts_as_a_change(tmp_path):
     from mimicmotion.curation import sidecar_path
 
     video = tmp_path / "d.mp4"
-    poses = dancer(video, num_frames=24)
+    dancer(video, num_frames=24)
     good = sidecar_path(video).read_bytes()
     sidecar_path(video).write_bytes(b"not parquet")
     root = init_catalog(tmp_path / "cat")
