@@ -471,3 +471,46 @@ def test_two_overlapping_curate_runs_give_the_rows_of_one(dancers, tmp_path):
     ids = [r["video_id"] for r in Catalog(root).query("SELECT video_id FROM videos").to_pylist()]
     assert len(ids) == len(set(ids)) == 3
     assert not list((root / STAGING_DIR).iterdir()) and not list(root.glob(".*.tmp*"))
+
+
+def test_sigkill_at_ten_moments_then_rerun_loses_nothing(dancers, tmp_path):
+    """Issue 37, item 1: a curate CLI run SIGKILLed at 10 moments spread over its run (start-up, decode,
+    commits, index), each rerun to the end: the same rows as an uninterrupted run, no duplicate, no temporary
+    file, an index that opens."""
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.curate import curate
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    options = ["--pose-source", "sidecar", "--sample-stride", "1", "--clip-length", "12", "--min-clip-length", "6",
+               "--contact-sheet-tiles", "4", "--settle-seconds", "0"]
+
+    def cli(root):
+        return subprocess.Popen([sys.executable, "-m", "mimicmotion.cli", "curate", str(dancers), "--catalog",
+                                 str(root), *options], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    reference = tmp_path / "reference"
+    start = time.monotonic()
+    full = cli(reference)
+    assert full.wait(timeout=300) == 0, full.stderr.read()[-2000:]
+    duration = time.monotonic() - start
+    expected = all_rows(reference)
+    killed_with_work_done = 0
+    for k in range(10):
+        root = tmp_path / f"killed{k}"
+        run = cli(root)
+        time.sleep(duration * (0.15 + 0.8 * k / 9))
+        run.kill()
+        run.wait(timeout=60)
+        killed_with_work_done += bool(committed_video_ids(root)) and run.returncode == -signal.SIGKILL
+        curate(inputs=[str(dancers)], catalog=str(root), pose_source="sidecar",
+               **{**FLOW, "contact_sheet_tiles": 4})
+        assert all_rows(root) == expected, k
+        ids = [r["video_id"] for r in Catalog(root).query("SELECT video_id FROM videos").to_pylist()]
+        assert len(ids) == len(set(ids)) == 3
+        assert not list((root / STAGING_DIR).iterdir()) and not list(root.glob(".*.tmp*"))
+        assert not [p for p in root.rglob("*") if p.name.startswith(".") and p.is_file()], k
+    assert killed_with_work_done >= 2  # some kills landed after commits had begun
