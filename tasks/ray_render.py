@@ -107,6 +107,12 @@ class TileWorker:
     def ping(self) -> str:
         return str(self.device)
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (which machine of the cluster)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 @dataclass
 class StepStats:
@@ -163,7 +169,10 @@ class RayTileExecutor:
         self.start_timeout_s = start_timeout_s
         self.restarts = 0
         self.stats: list[StepStats] = []
-        self._options = dict(num_gpus=1 if use_gpus else 0, num_cpus=cpus_per_actor, max_restarts=0)
+        # SPREAD: one actor per node while there are nodes with room (more machines, more GPUs, more memory
+        # bandwidth), and a replacement lands wherever room is left when a node is lost.
+        self._options = dict(num_gpus=1 if use_gpus else 0, num_cpus=cpus_per_actor, max_restarts=0,
+                             scheduling_strategy="SPREAD")
         if torch_threads is None and not use_gpus:
             torch_threads = torch.get_num_threads()
         self._worker_args = dict(device="cuda" if use_gpus else "cpu", batch_guidance=batch_guidance,
