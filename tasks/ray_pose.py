@@ -39,6 +39,11 @@ class PoseWorker:
     def identity(self) -> tuple:
         return self.estimator.name, self.estimator.version
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
     """Start (or connect to) Ray unless it is running in this process; True when this call started it."""
@@ -105,7 +110,7 @@ class RayPoseEstimator:
         self.gpus_per_actor = gpus
         self.max_in_flight = max_in_flight or 2 * num_actors
         remote = ray.remote(PoseWorker).options(num_cpus=cpus_per_actor, num_gpus=gpus, max_restarts=max_restarts,
-                                                max_task_retries=max_restarts)
+                                                max_task_retries=max_restarts, scheduling_strategy="SPREAD")
         self.actors = [remote.remote(folder_arg, providers, pose_batch_size, self.name, threads)
                        for _ in range(num_actors)]
         self._next = itertools.count()

@@ -65,3 +65,24 @@ def test_render_survives_losing_a_node(two_nodes, tmp_path):
     diff = (local - distributed).abs().max().item()
     print(f"node lost mid-render: max abs diff vs local = {diff:.3g}")
     assert diff <= 1e-5
+
+
+def test_pose_actors_spread_over_both_nodes(two_nodes):
+    """The curate flow's pose actors (the bundled estimator) on the two nodes give the in-process poses."""
+    from mimicmotion.pose.holistic import HolisticEstimator
+    from mimicmotion.synthetic.clip import render_clip_detailed, sample_clip
+    from tasks.ray_pose import RayPoseEstimator
+
+    cluster, worker = two_nodes
+    appearance, motion = sample_clip(0)
+    frames = list(render_clip_detailed(appearance, motion, 0, width=288, height=512, num_frames=4, fps=4).frames)
+    local = HolisticEstimator(num_threads=1).estimate_batch(frames)
+    pool = RayPoseEstimator(None, num_actors=2, estimator="mediapipe", cpus_per_actor=1)
+    try:
+        nodes = ray.get([a.node_id.remote() for a in pool.actors])
+        assert len(set(nodes)) == 2 and worker.node_id in nodes
+        remote = [p for batch in pool.estimate_batches([frames[:2], frames[2:]]) for p in batch]
+    finally:
+        pool.close()
+    for a, b in zip(local, remote):
+        np.testing.assert_array_equal(a, b)
