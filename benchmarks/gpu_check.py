@@ -131,10 +131,8 @@ def part_render(args, path: str, dtype_name: str) -> dict:
     forwards_per_step = sum(len(t) for t in tiles) * 2
     peak_tflops = matmul_tflops(args.device, dtype, n=512 if args.tiny else 8192, reps=5)
     floor_step = flops_frame * forwards_per_step / (peak_tflops * 1e12)
-    import torch as _t
-
-    _t.save(frames[:, ::8].to(_t.float16) if frames.dim() == 5 else frames[::8].to(_t.float16),
-            Path(args.work) / f"render_{path}.pt")
+    torch.save((frames[:, ::8] if frames.dim() == 5 else frames[::8]).to(torch.float16),
+               Path(args.work) / f"render_{path}.pt")
     out_frames = s["frames"] - 1
     return dict(path=path, dtype=dtype_name, frames=s["frames"], size=f"{s['width']}x{s['height']}",
                 tiles=len(tiles), seconds_1_step=round(t1, 3), seconds_3_steps=round(t3, 3),

@@ -23,9 +23,9 @@ RUN_ID_ENV = "MIMICMOTION_RUN_ID"
 GRACE_S = 5.0
 
 
-def marked_processes(run_id: str, exclude: tuple = ()) -> list[int]:
-    """Pids of processes whose environment holds ``MIMICMOTION_RUN_ID=run_id``."""
-    needle = f"{RUN_ID_ENV}={run_id}".encode()
+def marked_processes(run_id: str, exclude: tuple = (), env: str = RUN_ID_ENV) -> list[int]:
+    """Pids of processes whose (initial) environment holds ``env=run_id``."""
+    needle = f"{env}={run_id}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in exclude:

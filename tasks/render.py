@@ -79,9 +79,10 @@ def check_request(request: RenderRequest, settings: RenderSettings, model: Model
         from mimicmotion.pose.estimators import choose_pose_estimator, dwpose_files_present
 
         choice = choose_pose_estimator(pose_estimator, dwpose_dir)
-        if choice.name == "dwpose" and not dwpose_files_present(dwpose_dir)[0]:
+        present, folder = dwpose_files_present(dwpose_dir) if choice.name == "dwpose" else (True, "")
+        if not present:
             raise ConfigError(f"{request.name!r} detects poses with DWPose ({choice.reason}) but its ONNX files are "
-                              f"not in {dwpose_files_present(dwpose_dir)[1]}: pass dwpose_dir with both files, or "
+                              f"not in {folder}: pass dwpose_dir with both files, or "
                               "pose_estimator='mediapipe' (bundled), or give poses/clip_id and ref_pose")
     if not Path(model.base_model).is_dir():
         raise ModelFileError(f"base model folder not found: {model.base_model} (the SVD img2vid-xt folder)")

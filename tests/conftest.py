@@ -48,27 +48,23 @@ def _leftover_processes() -> list[str]:
     """Processes still carrying this session's mark (waits for stragglers to finish exiting)."""
     import time
 
-    needle = f"{SESSION_MARK_ENV}={os.environ[SESSION_MARK_ENV]}".encode()
+    from mimicmotion.lifecycle import marked_processes
+
     deadline = time.monotonic() + LEFTOVER_WAIT_S
     while True:
-        left = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    left[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
-            except OSError:
-                continue
+        left = marked_processes(os.environ[SESSION_MARK_ENV], (os.getpid(),), env=SESSION_MARK_ENV)
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    lines = []
     for pid in left:  # report, then do not leave them running either
         try:
+            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(bytes(1), b" ").decode()
+            lines.append(f"{pid}: {cmdline[:120]}")
             os.kill(pid, 9)
         except OSError:
             pass
-    return [f"{pid}: {cmd}" for pid, cmd in left.items()]
+    return lines
 
 
 def _check_no_leftover_processes() -> None:

@@ -19,16 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def marked(mark: str) -> list[int]:
     """Processes carrying the test's own environment mark (inherited by every descendant)."""
-    needle = f"TEST_MARK={mark}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
+    return marked_processes(mark, env="TEST_MARK")
 
 
 def wait_for(predicate, timeout: float, what: str):

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from mimicmotion.errors import ConfigError, ModelFileError
-from mimicmotion.pose.layout import from_coco_wholebody
+from mimicmotion.pose.layout import check_rgb_frame, from_coco_wholebody
 
 logger = logging.getLogger(__name__)
 
@@ -291,13 +291,7 @@ def _static_dim(dim) -> Optional[int]:
 
 
 def _check_frame(frame, index: int) -> np.ndarray:
-    arr = np.asarray(frame)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ConfigError(
-            f"DWPose frame {index} must be an RGB uint8 image of shape (H, W, 3); got shape {arr.shape} "
-            f"dtype {arr.dtype}: convert it to 8-bit RGB first"
-        )
-    return np.ascontiguousarray(arr)
+    return check_rgb_frame(frame, index, "DWPose")
 
 
 # --------------------------------------------------------------------------------------- estimator

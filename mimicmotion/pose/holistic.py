@@ -39,7 +39,8 @@ import cv2
 import numpy as np
 
 from mimicmotion.errors import ConfigError, ModelFileError
-from mimicmotion.pose.layout import FACE, FOOT, LEFT_HAND, NUM_POINTS, RIGHT_HAND, VISIBLE_THRESHOLD, empty_frame
+from mimicmotion.pose.layout import (FACE, FOOT, LEFT_HAND, NUM_POINTS, RIGHT_HAND, VISIBLE_THRESHOLD,
+                                     check_rgb_frame, empty_frame)
 
 logger = logging.getLogger(__name__)
 
@@ -459,15 +460,6 @@ class _Model:
         return [self.interp.get_tensor(i) for i in self.output_indices]
 
 
-def _check_frame(frame, index: int) -> np.ndarray:
-    arr = np.asarray(frame)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ConfigError(
-            f"pose frame {index} must be an RGB uint8 image of shape (H, W, 3); got shape {arr.shape} "
-            f"dtype {arr.dtype}: convert it to 8-bit RGB first")
-    return np.ascontiguousarray(arr)
-
-
 def _default_threads() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
@@ -500,7 +492,6 @@ class HolisticEstimator:
     # -- stages
     def detect_poses(self, image: np.ndarray) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """Pose detections (score, box, 4 keypoints) normalised on the frame, best first."""
-        h, w = image.shape[:2]
         tensor, padding, _ = crop_rect(image, Rect(0.5, 0.5, 1.0, 1.0), 224, True, (-1.0, 1.0), border_zero=True)
         boxes, scores = self.models["pose_detection"](tensor)  # names: Identity (boxes), Identity_1 (scores)
         dets = decode_detections(boxes[0], scores[0], self.pose_anchors, 224.0, 4, POSE_DETECTION_MIN_SCORE)
@@ -617,7 +608,7 @@ class HolisticEstimator:
 
     def estimate_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Poses of several frames, each (P, 134, 3); frames are independent."""
-        frames = [_check_frame(f, i) for i, f in enumerate(frames)]
+        frames = [check_rgb_frame(f, i) for i, f in enumerate(frames)]
         out = []
         for frame in frames:
             people = [holistic_to_layout(p) for p in self.landmarks(frame)]

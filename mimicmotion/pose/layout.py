@@ -29,6 +29,19 @@ _MMPOSE_IDX = [17, 6, 8, 10, 7, 9, 12, 14, 16, 13, 15, 2, 1, 4, 3]
 _OPENPOSE_IDX = [1, 2, 3, 4, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17]
 
 
+def check_rgb_frame(frame, index: int, estimator: str = "pose") -> np.ndarray:
+    """``frame`` as a contiguous RGB uint8 (H, W, 3) array, or a ConfigError naming the frame and the fix."""
+    from mimicmotion.errors import ConfigError
+
+    arr = np.asarray(frame)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ConfigError(
+            f"{estimator} frame {index} must be an RGB uint8 image of shape (H, W, 3); got shape {arr.shape} "
+            f"dtype {arr.dtype}: convert it to 8-bit RGB first"
+        )
+    return np.ascontiguousarray(arr)
+
+
 def empty_frame() -> np.ndarray:
     """A frame with no person: shape (0, 134, 3)."""
     return np.zeros((0, NUM_POINTS, 3), dtype=np.float64)
